@@ -1,0 +1,3 @@
+"""nnunet-unpaired: multi-modal (unpaired CT + MR) segmentation methods as nnU-Net v2 trainers."""
+
+__version__ = "0.1.0"
