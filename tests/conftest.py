@@ -1,0 +1,47 @@
+"""Shared test helpers: temporary nnU-Net folders, the real fixtures, the venv's console scripts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+TOTALSEG = FIXTURES / "totalsegmentator"
+BIN = Path(sys.executable).parent
+
+
+def bin_path(name: str) -> str:
+    """A console script installed next to the running interpreter (nnUNetv2_train, nnunet_unpaired, ...)."""
+    candidate = BIN / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"console script {name} not found next to {sys.executable}; install with: pip install -e '.[test]'")
+    return found
+
+
+@pytest.fixture
+def totalseg_fixtures() -> Path:
+    """The real CT and MR volumes in ../shared/fixtures/totalsegmentator (skips when absent, e.g. a user's clone)."""
+    needed = ["ct.nii.gz", "ct_seg.nii.gz", "mr.nii.gz", "mr_seg.nii.gz"]
+    if not all((TOTALSEG / f).is_file() for f in needed):
+        pytest.skip(f"real-data fixtures not found at {TOTALSEG} (they sit in ../shared beside a CI checkout)")
+    return TOTALSEG
+
+
+@pytest.fixture
+def nnunet_dirs(tmp_path, monkeypatch):
+    """Fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results folders, exported to this process and children."""
+    dirs = {}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        d = tmp_path / name
+        d.mkdir()
+        monkeypatch.setenv(name, str(d))
+        dirs[name] = d
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_compile", "false")
+    return dirs

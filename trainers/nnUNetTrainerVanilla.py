@@ -1,0 +1,1 @@
+from nnunet_unpaired.training.vanilla import nnUNetTrainerVanilla  # noqa: F401
