@@ -21,6 +21,7 @@ COMMANDS = {
     "demo": ("nnunet_unpaired.demo", "phantom -> plan-pair -> train -> predict -> Dice table, end to end"),
     "convert": ("nnunet_unpaired.conversion.cli", "convert a public dataset (MM-WHS, CHAOS, BTCV, AMOS)"),
     "benchmark": ("nnunet_unpaired.benchmark.cli", "train and compare methods against vanilla nnU-Net"),
+    "predict-missing": ("nnunet_unpaired.predict_missing", "predict with a MAML model when some input channels are missing"),
 }
 
 
