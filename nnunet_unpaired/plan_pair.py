@@ -1,0 +1,216 @@
+"""``nnunet_unpaired plan-pair -d A B -c 2d 3d_fullres``: plan and preprocess two datasets of one anatomy together.
+
+A is fingerprinted, planned and preprocessed exactly as ``nnUNetv2_plan_and_preprocess`` would. B then receives A's
+plans (same target spacing, patch size, network topology, batch size, transposition: one network serves both), except
+for what must stay B's own: the normalization of each channel (chosen by nnU-Net from B's channel names, e.g. "MR" ->
+z-score) and the intensity statistics of B's own fingerprint (used by CT normalization), and B's image reader.
+``nnUNetv2_move_plans_between_datasets`` alone would give an MR dataset A's CT normalization and CT statistics.
+
+Both plans files get a pairing record (see :mod:`nnunet_unpaired.pairing`) so that a trainer started on either dataset
+finds its partner. Raw data is only read. Every step overwrites its own previous output, so a rerun is safe.
+
+Optional ``--max-features`` / ``--batch-size`` shrink the network for CPU runs (demo, tests, cpu-small benchmark);
+they are applied to A's plans before B copies them, so both datasets always share one network.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from typing import Dict, List, Optional, Sequence
+
+from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.pairing import PAIRING_KEY, label_differences, require_env
+
+HELP = "plan and preprocess two datasets of one anatomy together"
+
+
+def resolve_dataset(name_or_id: str) -> str:
+    """``'901'`` or ``'Dataset901_PhantomCT'`` -> the dataset's folder name in nnUNet_raw (UserError if absent)."""
+    raw = require_env("nnUNet_raw")["nnUNet_raw"]
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        name = maybe_convert_to_dataset_name(str(name_or_id) if str(name_or_id).startswith("Dataset")
+                                             else int(name_or_id))
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"dataset {name_or_id} not found in nnUNet_raw={raw} ({str(e).splitlines()[0]}). "
+                        f"Check the id, or convert the data first (nnunet_unpaired convert / phantom).") from None
+    if not os.path.isfile(os.path.join(raw, name, "dataset.json")):
+        raise UserError(f"{os.path.join(raw, name, 'dataset.json')} is missing: {name} is not an nnU-Net raw dataset. "
+                        f"Every dataset needs a dataset.json (see nnU-Net's documentation/dataset_format.md).")
+    return name
+
+
+def _load_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fix or regenerate it") from None
+
+
+def save_json_atomic(obj: dict, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=4, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def check_compatible(name_a: str, name_b: str, raw: str) -> None:
+    """Same label set and same number of channels, or a UserError that says how to fix it."""
+    ds_a = _load_json(os.path.join(raw, name_a, "dataset.json"))
+    ds_b = _load_json(os.path.join(raw, name_b, "dataset.json"))
+    diff = label_differences(ds_a.get("labels", {}), ds_b.get("labels", {}))
+    if diff:
+        raise UserError(
+            f"{name_a} and {name_b} have different label sets ({diff}). One network needs one label set. "
+            f"Write a copy of {name_b} with its labels renamed/renumbered to {name_a}'s (raw data stays untouched):\n"
+            f"  nnunet_unpaired remap-labels -d {name_b} --to-id <NEW_ID> --map <B_VALUE>:<A_VALUE> ... "
+            f"--names-from {name_a}\n"
+            f"and pair {name_a} with the new dataset. The converters' --protocol options give matching label sets.")
+    ch_a, ch_b = ds_a.get("channel_names", {}), ds_b.get("channel_names", {})
+    if len(ch_a) != len(ch_b):
+        raise UserError(f"{name_a} has {len(ch_a)} input channel(s) {ch_a} but {name_b} has {len(ch_b)} {ch_b}. "
+                        f"Both datasets must have the same number of channels to share one network.")
+
+
+def verify_integrity(name: str, raw: str, num_processes: int) -> None:
+    """nnU-Net's own dataset check (geometry, label values, file names), with its failures as UserErrors."""
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    try:
+        verify_dataset_integrity(os.path.join(raw, name), num_processes)
+    except (AssertionError, RuntimeError, FileNotFoundError, ValueError) as e:
+        raise UserError(f"dataset {name} failed nnU-Net's integrity check: {e}\n"
+                        f"Fix the files named above in {os.path.join(raw, name)} (or skip the check with "
+                        f"--no-verify if you know better).") from None
+
+
+def shrink_plans(plans: dict, configurations: Sequence[str], max_features: Optional[int],
+                 batch_size: Optional[int]) -> None:
+    """Cap the feature widths and/or set the batch size of the given configurations (in place)."""
+    for c in configurations:
+        conf = plans["configurations"][c]
+        if max_features is not None:
+            kwargs = conf["architecture"]["arch_kwargs"]
+            kwargs["features_per_stage"] = [min(int(f), max_features) for f in kwargs["features_per_stage"]]
+        if batch_size is not None:
+            conf["batch_size"] = batch_size
+
+
+def partner_plans(plans_a: dict, name_b: str, normalization: Dict[str, list], reader_writer: str,
+                  fingerprint_b: dict) -> dict:
+    """B's plans: A's plans with B's normalization, intensity statistics and reader (pure function, tested)."""
+    plans_b = copy.deepcopy(plans_a)
+    plans_b["dataset_name"] = name_b
+    plans_b["image_reader_writer"] = reader_writer
+    plans_b["foreground_intensity_properties_per_channel"] = fingerprint_b["foreground_intensity_properties_per_channel"]
+    for conf in plans_b["configurations"].values():
+        if "normalization_schemes" in conf:
+            conf["normalization_schemes"] = list(normalization["schemes"])
+            conf["use_mask_for_norm"] = list(normalization["use_mask"])
+    return plans_b
+
+
+def plan_pair(dataset_a: str, dataset_b: str, configurations: Sequence[str], plans_name: str = "nnUNetPlans",
+              planner: str = "ExperimentPlanner", num_processes: int = 2, max_features: Optional[int] = None,
+              batch_size: Optional[int] = None, verify: bool = True, log=print) -> Dict[str, str]:
+    """Plan and preprocess A, give B A's plans with B's own normalization, preprocess B, record the pairing.
+
+    Returns the paths of the two plans files.
+    """
+    env = require_env("nnUNet_raw", "nnUNet_preprocessed")
+    raw, pre = env["nnUNet_raw"], env["nnUNet_preprocessed"]
+    name_a, name_b = resolve_dataset(dataset_a), resolve_dataset(dataset_b)
+    if name_a == name_b:
+        raise UserError(f"plan-pair needs two different datasets, got {name_a} twice")
+    check_compatible(name_a, name_b, raw)
+
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
+                                                                       plan_experiments, preprocess_dataset)
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+    id_a, id_b = convert_dataset_name_to_id(name_a), convert_dataset_name_to_id(name_b)
+    if verify:
+        for name in (name_a, name_b):
+            log(f"[plan-pair] checking {name} with nnU-Net's dataset integrity check")
+            verify_integrity(name, raw, num_processes)
+
+    for dataset_id, name in ((id_a, name_a), (id_b, name_b)):
+        log(f"[plan-pair] fingerprint of {name}")
+        extract_fingerprint_dataset(dataset_id, num_processes=num_processes, clean=True, verbose=False,
+                                    show_progress_bar=False)
+
+    log(f"[plan-pair] planning {name_a} ({planner}, plans '{plans_name}')")
+    plan_experiments([id_a], planner, overwrite_plans_name=plans_name)
+    plans_file_a = os.path.join(pre, name_a, plans_name + ".json")
+    plans_a = _load_json(plans_file_a)
+    missing = [c for c in configurations if c not in plans_a["configurations"]]
+    if missing:
+        raise UserError(f"configuration(s) {missing} do not exist in the plans of {name_a} (it has "
+                        f"{sorted(plans_a['configurations'])}); nnU-Net plans 3d configurations only for 3d data. "
+                        f"Choose from those with -c.")
+    shrink_plans(plans_a, configurations, max_features, batch_size)
+
+    planner_b = ExperimentPlanner(id_b)  # reads B's fingerprint; copies B's raw splits_final.json if there is one
+    schemes, use_mask = planner_b.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
+    fingerprint_b = _load_json(os.path.join(pre, name_b, "dataset_fingerprint.json"))
+    plans_b = partner_plans(plans_a, name_b, {"schemes": schemes, "use_mask": use_mask},
+                            planner_b.determine_reader_writer().__name__, fingerprint_b)
+    plans_a[PAIRING_KEY] = {"partner": name_b, "partner_plans": plans_name, "role": "A"}
+    plans_b[PAIRING_KEY] = {"partner": name_a, "partner_plans": plans_name, "role": "B"}
+    plans_file_b = os.path.join(pre, name_b, plans_name + ".json")
+    save_json_atomic(plans_a, plans_file_a)
+    save_json_atomic(plans_b, plans_file_b)
+    shutil.copy(os.path.join(raw, name_b, "dataset.json"), os.path.join(pre, name_b, "dataset.json"))
+    norm_a = [plans_a["configurations"][c]["normalization_schemes"] for c in configurations][0]
+    log(f"[plan-pair] {name_b} shares {name_a}'s plans; normalization {name_a}: {norm_a}, {name_b}: {schemes}")
+
+    for dataset_id, name in ((id_a, name_a), (id_b, name_b)):
+        log(f"[plan-pair] preprocessing {name}: {', '.join(configurations)}")
+        preprocess_dataset(dataset_id, plans_name, list(configurations), [num_processes] * len(configurations),
+                           verbose=False, show_progress_bar=False)
+    _warn_small_datasets((name_a, name_b), pre, log)
+    log(f"[plan-pair] done. Train with e.g.\n  nnUNetv2_train {name_a} {configurations[0]} 0 "
+        f"-tr nnUNetTrainerUnpairedJoint -p {plans_name}")
+    return {"A": plans_file_a, "B": plans_file_b}
+
+
+def _warn_small_datasets(names: Sequence[str], pre: str, log) -> None:
+    from nnunet_unpaired.splits import count_training_cases
+
+    for name in names:
+        n = count_training_cases(os.path.join(pre, name))
+        if n < 5 and not os.path.isfile(os.path.join(pre, name, "splits_final.json")):
+            log(f"[plan-pair] note: {name} has only {n} training case(s), too few for nnU-Net's 5-fold split. "
+                f"Train with fold 'all', or put a splits_final.json into {os.path.join(pre, name)}.")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-d", nargs=2, required=True, metavar=("A", "B"),
+                        help="the two datasets (ids or names). A is planned by nnU-Net; B gets A's plans with its "
+                             "own normalization")
+    parser.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], metavar="CONFIG",
+                        help="configurations to preprocess for both datasets")
+    parser.add_argument("-p", "--plans-name", default="nnUNetPlans", help="plans identifier written for both")
+    parser.add_argument("-pl", "--planner", default="ExperimentPlanner",
+                        help="nnU-Net experiment planner class for A (e.g. nnUNetPlannerResEncM)")
+    parser.add_argument("-np", "--num-processes", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                        help="worker processes for fingerprinting and preprocessing")
+    parser.add_argument("--max-features", type=int, default=None,
+                        help="cap the feature maps per stage (smaller network, e.g. 64 for CPU runs)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the planned batch size")
+    parser.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
+
+
+def run(args) -> int:
+    plan_pair(args.d[0], args.d[1], args.c, plans_name=args.plans_name, planner=args.planner,
+              num_processes=args.num_processes, max_features=args.max_features, batch_size=args.batch_size,
+              verify=not args.no_verify)
+    return 0
