@@ -265,3 +265,17 @@ def test_eam_loss_mismatched_modules_raise() -> None:
         EAMLoss()(out_a, labels_a, other, labels_b)
     with pytest.raises(ValueError, match="batch size"):
         EAMLoss()(out_a, labels_a[:1], out_a, labels_a)
+
+
+def test_eam_loss_is_float32_under_mixed_precision() -> None:
+    torch.manual_seed(4)
+    network = torch.nn.Conv2d(1, 4, 3, padding=1)
+    module = ExternalAttentionModule(in_channels=4, num_classes=3, embed_dim=8, dim=2)
+    labels = torch.randint(0, 3, (2, 1, 6, 6))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out_a, out_b = module(network(torch.randn(2, 1, 6, 6))), module(network(torch.randn(2, 1, 6, 6)))
+        terms = EAMLoss()(out_a, labels, out_b, labels)
+    assert out_a.class_repr.dtype == torch.float32
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
+    terms["total"].backward()
+    assert torch.isfinite(module.memory.grad).all() and torch.isfinite(network.weight.grad).all()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["class_mean_logits", "ClasswiseKDLoss"]
+__all__ = ["ClasswiseKDLoss", "class_mean_logits"]
 
 
 def class_mean_logits(

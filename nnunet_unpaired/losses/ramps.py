@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["warmup_ramp", "cosine_rampdown"]
+__all__ = ["cosine_rampdown", "warmup_ramp"]
 
 
 def _check(name: str, value: float) -> None:

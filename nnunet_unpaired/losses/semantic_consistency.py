@@ -17,7 +17,8 @@ available to us; the formulation below is OUR DESIGN (docs/METHODS.md, "Adopted 
 - a class is "present" in a modality when at least one non-ignored voxel of the labels, resized to the
   feature grid by nearest neighbour, has that class. Absent classes are masked out: their representation
   comes from attention with no grounding and must not be aligned. With no shared class (or fewer than two
-  for ``L_str``) the loss is a zero that is still connected to the graph (finite, zero gradients).
+  for ``L_str``) the loss is a zero that is still connected to the graph (finite, zero gradients);
+- all three are computed in float32, also under mixed precision.
 
 The warm-up ``w(t)`` of the total (:func:`nnunet_unpaired.losses.ramps.warmup_ramp`) is applied by the trainer.
 """
@@ -33,12 +34,20 @@ from torch import nn
 
 from nnunet_unpaired.modules.external_attention import EAMOutput, class_present_mask, labels_to_grid
 
-__all__ = ["attention_grounding_loss", "semantic_consistency_loss", "structured_consistency_loss", "EAMLoss"]
+__all__ = [
+    "EAMLoss",
+    "attention_grounding_loss",
+    "class_correlation",
+    "semantic_consistency_loss",
+    "structured_consistency_loss",
+]
 
 _EPS = 1e-8
 
 
-def attention_grounding_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+def attention_grounding_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None = None
+) -> torch.Tensor:
     """Cross-entropy of the attention logits over the K class slots against the labels (Yang et al., MIDL 2023).
 
     Args:
@@ -104,15 +113,16 @@ def semantic_consistency_loss(
         ValueError: if the shapes do not match.
     """
     _check_repr(repr_a, repr_b, present_a, present_b)
-    shared = (present_a.bool() & present_b.bool()).to(repr_a.dtype)
-    cos = F.cosine_similarity(repr_a, repr_b, dim=1, eps=_EPS)
+    shared = (present_a.bool() & present_b.bool()).float()
+    cos = F.cosine_similarity(repr_a.float(), repr_b.float(), dim=1, eps=_EPS)
     return ((1.0 - cos) * shared).sum() / shared.sum().clamp(min=1.0)
 
 
 def class_correlation(class_repr: torch.Tensor) -> torch.Tensor:
-    """Cosine correlation matrix ``G = norm(R) norm(R)^T`` (K x K) of class representations (K, C')."""
-    normed = F.normalize(class_repr, dim=1, eps=_EPS)
-    return normed @ normed.transpose(0, 1)
+    """Cosine correlation matrix ``G = norm(R) norm(R)^T`` (K x K, float32) of class representations (K, C')."""
+    with torch.autocast(device_type=class_repr.device.type, enabled=False):
+        normed = F.normalize(class_repr.float(), dim=1, eps=_EPS)
+        return normed @ normed.transpose(0, 1)
 
 
 def structured_consistency_loss(
@@ -136,7 +146,7 @@ def structured_consistency_loss(
     _check_repr(repr_a, repr_b, present_a, present_b)
     shared = present_a.bool() & present_b.bool()
     off_diagonal = ~torch.eye(shared.shape[0], dtype=torch.bool, device=shared.device)
-    pairs = (shared[:, None] & shared[None, :] & off_diagonal).to(repr_a.dtype)
+    pairs = (shared[:, None] & shared[None, :] & off_diagonal).float()
     diff = class_correlation(repr_a) - class_correlation(repr_b)
     return (diff.square() * pairs).sum() / pairs.sum().clamp(min=1.0)
 
@@ -156,7 +166,9 @@ class EAMLoss(nn.Module):
         ValueError: if a weight is negative or not finite, or ``ignore_index`` is not an integer or None.
     """
 
-    def __init__(self, w_att: float = 1.0, w_sem: float = 1.0, w_str: float = 1.0, ignore_index: int | None = None):
+    def __init__(
+        self, w_att: float = 1.0, w_sem: float = 1.0, w_str: float = 1.0, ignore_index: int | None = None
+    ) -> None:
         super().__init__()
         for name, value in (("w_att", w_att), ("w_sem", w_sem), ("w_str", w_str)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:

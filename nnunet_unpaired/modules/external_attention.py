@@ -27,13 +27,14 @@ width is ``embed_dim=64``). The module is a training-only extra: it never change
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EAMOutput", "ExternalAttentionModule", "labels_to_grid", "class_present_mask"]
+__all__ = ["EAMOutput", "ExternalAttentionModule", "class_present_mask", "labels_to_grid"]
 
 
 class EAMOutput(NamedTuple):
@@ -41,7 +42,7 @@ class EAMOutput(NamedTuple):
 
     Attributes:
         logits: attention logits ``S`` (B, K, *spatial), one channel per class slot; supervised by the labels.
-        class_repr: class representations ``R`` (K, C'), pooled over the whole batch.
+        class_repr: class representations ``R`` (K, C'), pooled over the whole batch, always float32.
     """
 
     logits: torch.Tensor
@@ -65,8 +66,11 @@ class ExternalAttentionModule(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, embed_dim: int = 64, dim: int = 2) -> None:
         super().__init__()
-        for name, value, low in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2),
-                                 ("embed_dim", embed_dim, 1)):
+        for name, value, low in (
+            ("in_channels", in_channels, 1),
+            ("num_classes", num_classes, 2),
+            ("embed_dim", embed_dim, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if dim not in (2, 3) or isinstance(dim, bool):
@@ -78,7 +82,7 @@ class ExternalAttentionModule(nn.Module):
         conv = nn.Conv2d if dim == 2 else nn.Conv3d
         self.proj = conv(in_channels, embed_dim, kernel_size=1)
         self.memory = nn.Parameter(torch.empty(num_classes, embed_dim))
-        nn.init.normal_(self.memory, std=embed_dim ** -0.5)
+        nn.init.normal_(self.memory, std=embed_dim**-0.5)
 
     def forward(self, features: torch.Tensor) -> EAMOutput:
         """Attention logits and class representations for one modality's batch.
@@ -102,10 +106,12 @@ class ExternalAttentionModule(nn.Module):
         flat = projected.reshape(b, c, -1)  # (B, C', N)
         logits = torch.einsum("kc,bcn->bkn", self.memory, flat)  # (B, K, N)
         # Pool every voxel of every sample: softmax over B*N per slot, then the weighted sum of features.
-        pooled_logits = logits.transpose(0, 1).reshape(self.num_classes, -1)  # (K, B*N)
-        attention = torch.softmax(pooled_logits.float(), dim=1)
-        pooled_feats = flat.transpose(1, 2).reshape(-1, c)  # (B*N, C')
-        class_repr = attention @ pooled_feats.float()  # (K, C')
+        # In float32 even under mixed precision: the consistency losses compare nearly equal vectors.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            pooled_logits = logits.transpose(0, 1).reshape(self.num_classes, -1).float()  # (K, B*N)
+            attention = torch.softmax(pooled_logits, dim=1)
+            pooled_feats = flat.transpose(1, 2).reshape(-1, c).float()  # (B*N, C')
+            class_repr = attention @ pooled_feats  # (K, C'), float32
         return EAMOutput(logits=logits.reshape(b, self.num_classes, *projected.shape[2:]), class_repr=class_repr)
 
 
