@@ -1,0 +1,1 @@
+from nnunet_unpaired.training.maml import nnUNetTrainerMAML  # noqa: F401
