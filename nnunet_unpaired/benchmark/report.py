@@ -54,7 +54,7 @@ REQUIRED_KEYS = ("method", "modality", "case", "structure", *METRICS)
 COST_KEYS = ("seconds_per_iteration", "peak_memory_mib", "inference_seconds_per_case")
 CSV_COLUMNS = ("method", "modality", "fold", "seed", "case", "structure", "label", *METRICS, "ref_voxels",
                "pred_voxels")
-_TEXT_COLUMNS = ("method", "modality", "case", "structure", "label")
+_TEXT_COLUMNS = ("method", "modality", "case", "structure")
 
 _METRIC_TITLES = {"dice": "Dice", "hd95": "HD95 (mm)", "assd": "ASSD (mm)"}
 _METRIC_DECIMALS = {"dice": 3, "hd95": 2, "assd": 2}
@@ -92,8 +92,8 @@ def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
 def read_csv(path: str | Path) -> list[dict[str, object]]:
     """Read a CSV written by :func:`write_csv` back into rows.
 
-    ``method``, ``modality``, ``case``, ``structure`` and ``label`` stay text; other values become int or float when
-    they parse as such (``nan`` is a float NaN); empty cells become None.
+    ``method``, ``modality``, ``case`` and ``structure`` stay text; other values become int or float when they
+    parse as such (``nan`` is a float NaN), else stay text (a region label ``[1, 2]``); empty cells become None.
 
     Args:
         path: the CSV file.
