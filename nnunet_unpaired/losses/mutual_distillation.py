@@ -86,7 +86,8 @@ class MutualLearningLoss(nn.Module):
     ``distillation`` (unweighted).
     """
 
-    def __init__(self, segmentation_loss: nn.Module, distillation_weight: float = 0.0, temperature: float = 1.0) -> None:
+    def __init__(self, segmentation_loss: nn.Module, distillation_weight: float = 0.0,
+                 temperature: float = 1.0) -> None:
         super().__init__()
         if not distillation_weight >= 0:
             raise ValueError(f"distillation_weight must be >= 0, got {distillation_weight}")

@@ -51,7 +51,7 @@ _WIDTH_KEYS = ("features_per_stage", "stem_channels", "bottleneck_channels")
 
 
 def scale_width(arch_kwargs: dict, width_factor: float) -> dict:
-    """A copy of nnU-Net ``arch_kwargs`` whose channel counts are multiplied by ``width_factor`` (rounded, at least 1)."""
+    """A copy of nnU-Net ``arch_kwargs`` with every channel count times ``width_factor`` (rounded, at least 1)."""
     if not width_factor > 0:
         raise ValueError(f"width_factor must be positive, got {width_factor}")
     scaled = deepcopy(arch_kwargs)
@@ -60,9 +60,9 @@ def scale_width(arch_kwargs: dict, width_factor: float) -> dict:
         if value is None:
             continue
         if isinstance(value, (list, tuple)):
-            scaled[key] = [max(1, int(round(v * width_factor))) for v in value]
+            scaled[key] = [max(1, round(v * width_factor)) for v in value]
         else:
-            scaled[key] = max(1, int(round(value * width_factor)))
+            scaled[key] = max(1, round(value * width_factor))
     return scaled
 
 
@@ -87,8 +87,8 @@ class MAMLNetwork(nn.Module):
                  attention_kernel_size: int = 3) -> None:
         super().__init__()
         if len(peers) < 2:
-            raise ValueError(f"MAML needs at least 2 input channels (one peer each), got {len(peers)}. A single-channel "
-                             f"dataset has nothing to fuse: train it with a plain nnU-Net trainer.")
+            raise ValueError(f"MAML needs at least 2 input channels (one peer each), got {len(peers)}. A "
+                             f"single-channel dataset has nothing to fuse: train it with a plain nnU-Net trainer.")
         for i, peer in enumerate(peers):
             if not isinstance(getattr(peer, "decoder", None), UNetDecoder) or not hasattr(peer, "encoder"):
                 raise NotImplementedError(f"MAML peer {i} ({type(peer).__name__}) is not a U-Net with encoder + "
@@ -129,7 +129,7 @@ class MAMLNetwork(nn.Module):
         if value is None:
             self._available = None
             return
-        chosen = tuple(sorted(set(int(v) for v in value)))
+        chosen = tuple(sorted({int(v) for v in value}))
         if not chosen:
             raise ValueError("available_modalities must name at least one input channel")
         bad = [v for v in chosen if not 0 <= v < self.num_modalities]

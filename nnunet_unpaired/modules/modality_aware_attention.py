@@ -1,4 +1,4 @@
-"""The modality-aware (MA) attention module of MAML, which fuses the last decoder features of the modality-specific peers.
+"""The modality-aware (MA) attention module of MAML: fuses the last decoder features of the modality-specific peers.
 
 Source: Zhang, Yang, Tian, Shi, Zhong, Zhang, He, "Modality-aware Mutual Learning for Multi-modal Medical Image
 Segmentation", MICCAI 2021 (arXiv 2107.09842); public code YaoZhang93/MAML (nnU-Net v1 fork, Apache-2.0).
@@ -86,7 +86,8 @@ class ModalityAwareAttention(nn.Module):
             (output, attention maps).
         """
         if len(features) != self.num_modalities:
-            raise ValueError(f"expected {self.num_modalities} feature maps (None for missing ones), got {len(features)}")
+            raise ValueError(f"expected {self.num_modalities} feature maps (None for missing ones), "
+                             f"got {len(features)}")
         available = [i for i, f in enumerate(features) if f is not None]
         if not available:
             raise ValueError("ModalityAwareAttention needs at least one available modality, all are None")

@@ -46,6 +46,7 @@ from nnunet_unpaired.modules.maml_network import MAMLNetwork, build_maml_network
 from nnunet_unpaired.training.budget import BudgetMixin
 
 PLANS_KEY = "maml"
+_CUDA = torch.device("cuda")  # nnU-Net's default device, as in nnUNetTrainer.__init__
 DEFAULT_PEER_WIDTH_FACTOR = 0.5
 SETTINGS_ENV = {
     "peer_width_factor": "nnUNet_unpaired_maml_width",
@@ -105,7 +106,7 @@ class nnUNetTrainerMAML(BudgetMixin, nnUNetTrainer):
     modality_dropout: float = 0.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = _CUDA):
         if dist.is_available() and dist.is_initialized():
             raise NotImplementedError("nnUNetTrainerMAML does not support multi-GPU (DDP) training; train on one GPU")
         channels = dataset_json.get("channel_names", dataset_json.get("modality", {}))

@@ -1,0 +1,171 @@
+"""A synthetic PAIRED multi-channel dataset (nnU-Net raw format) in which fusion matters and a missing channel hurts.
+
+Made for MAML (Zhang et al., MICCAI 2021, arXiv 2107.09842) and its tests: every case has C co-registered channels
+(``_0000`` .. ``_000{C-1}``) and C + 1 labelled structures inside a common "body":
+
+- structure ``only_<channel c>`` (label c + 1) is visible in channel c ONLY: in every other channel it has exactly the
+  intensity of the surrounding tissue, so no model can find it without channel c;
+- structure ``shared`` (label C + 1) is visible in every channel.
+
+So a single channel shows two of the C + 1 structures, all channels together show everything, and deleting channel c
+at inference makes structure c undetectable (its Dice drops to about 0) while the others stay findable.
+
+Intensities are MR-like (air 0, tissue level per channel, Gaussian noise); the channel names are not "CT", so nnU-Net
+normalizes each channel by its own z-score. Everything is drawn from a fixed seed; case i depends only on (seed, i).
+The defaults are small (4 slices of 64 x 64) so that a 2D nnU-Net trains on them in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_unpaired.errors import UserError
+
+NOISE = 12.0
+CONTRAST_BRIGHT = 60.0
+CONTRAST_DARK = -50.0
+CONTRAST_SHARED = 45.0
+
+
+def default_channel_names(num_channels: int) -> List[str]:
+    return [f"mod{c}" for c in range(num_channels)]
+
+
+def visibility(num_channels: int) -> np.ndarray:
+    """Boolean (C + 1, C) matrix: entry [s, c] is True when structure s (label s + 1) is visible in channel c."""
+    if num_channels < 2:
+        raise ValueError(f"a multi-channel phantom needs at least 2 channels, got {num_channels}")
+    matrix = np.zeros((num_channels + 1, num_channels), dtype=bool)
+    matrix[np.arange(num_channels), np.arange(num_channels)] = True
+    matrix[num_channels] = True
+    return matrix
+
+
+def _ellipsoid(shape: Tuple[int, int, int], center: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+    grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii)) <= 1.0
+
+
+def make_case(rng: np.random.Generator, shape: Tuple[int, int, int], num_channels: int
+              ) -> Tuple[np.ndarray, np.ndarray]:
+    """One case: images (C, D, H, W) float32 and labels (D, H, W) uint8; see the module docstring."""
+    depth, height, width = shape
+    body_center = np.array([height / 2, width / 2]) * (1 + rng.uniform(-0.05, 0.05, 2))
+    body_radii = np.array([height, width]) * rng.uniform(0.38, 0.45, 2)
+    body = _ellipsoid(shape, (depth / 2 - 0.5, *body_center), (depth * 10.0, *body_radii))
+    labels = np.zeros(shape, dtype=np.uint8)
+    placed: List[Tuple[np.ndarray, float]] = []
+    for structure in range(num_channels + 1):
+        radius = min(height, width) * rng.uniform(0.08, 0.12)
+        for _ in range(1000):
+            # a point inside the body, far enough from its border and from the structures placed so far
+            direction = rng.uniform(-1, 1, 2)
+            center = body_center + direction * np.maximum(body_radii - radius - 2, 1)
+            inside = np.sum(((center - body_center) / np.maximum(body_radii - radius - 2, 1)) ** 2) <= 1
+            if inside and all(np.linalg.norm(center - c) >= radius + r + 2 for c, r in placed):
+                break
+        else:
+            radius *= 0.6  # crowded: accept the last center with a smaller structure (may touch another one)
+        placed.append((center, radius))
+        z_center = depth / 2 - 0.5 + rng.uniform(-0.1, 0.1) * depth
+        mask = _ellipsoid(shape, (z_center, *center), (max(depth * 0.75, 1.0), radius, radius)) & body
+        labels[mask & (labels == 0)] = structure + 1
+    seen = visibility(num_channels)
+    images = np.zeros((num_channels, *shape), dtype=np.float32)
+    for c in range(num_channels):
+        tissue = (100.0 + 15.0 * c) * rng.uniform(0.9, 1.1)
+        image = np.where(body, tissue, 0.0)
+        for structure in range(num_channels + 1):
+            if seen[structure, c]:
+                if structure == num_channels:
+                    contrast = CONTRAST_SHARED
+                else:
+                    contrast = CONTRAST_BRIGHT if structure % 2 == 0 else CONTRAST_DARK
+                image = np.where(labels == structure + 1, tissue + contrast, image)
+        image = image + body * rng.normal(0.0, NOISE, shape)
+        images[c] = image.astype(np.float32)
+    return images, labels
+
+
+def _write(array: np.ndarray, path: Path, spacing_zyx: Sequence[float]) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_multichannel_phantom(raw_root: Union[str, Path], dataset_id: int = 991, name: str = "MultiChannelPhantom",
+                               num_cases: int = 6, shape: Sequence[int] = (4, 64, 64), num_channels: int = 3,
+                               seed: int = 0, num_test_cases: int = 0, spacing: Sequence[float] = (3.0, 1.0, 1.0),
+                               channel_names: Optional[Sequence[str]] = None, overwrite: bool = False) -> Path:
+    """Write ``DatasetXXX_<name>`` into ``raw_root`` (nnU-Net raw format) and return its folder.
+
+    Args:
+        raw_root: the ``nnUNet_raw`` folder.
+        dataset_id: nnU-Net dataset id (1..999).
+        name: dataset name (the folder is ``Dataset{id:03d}_{name}``).
+        num_cases: training cases (``imagesTr`` / ``labelsTr``).
+        shape: (slices, height, width) of every case.
+        num_channels: C >= 2 co-registered channels per case.
+        seed: case i is drawn from (seed, i); test case j from (seed, 100000 + j).
+        num_test_cases: cases written to ``imagesTs`` with their labels in ``labelsTs`` (for evaluation).
+        spacing: voxel size in mm, (z, y, x).
+        channel_names: names for dataset.json (default ``mod0``, ``mod1``, ...; avoid "CT", which changes nnU-Net's
+            normalization).
+        overwrite: replace an existing folder of the same name.
+
+    Raises:
+        ValueError: bad sizes or fewer than 2 channels. UserError: the folder exists and ``overwrite`` is False.
+    """
+    if num_channels < 2:
+        raise ValueError(f"num_channels must be at least 2 (a paired multi-channel dataset), got {num_channels}")
+    if num_cases < 1 or num_test_cases < 0:
+        raise ValueError(f"num_cases must be >= 1 and num_test_cases >= 0, got {num_cases} and {num_test_cases}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or shape[0] < 1 or min(shape[1:]) < 24:
+        raise ValueError(f"shape must be (slices >= 1, height >= 24, width >= 24), got {shape}")
+    if not 1 <= dataset_id <= 999:
+        raise ValueError(f"dataset_id must be between 1 and 999, got {dataset_id}")
+    names = list(channel_names) if channel_names is not None else default_channel_names(num_channels)
+    if len(names) != num_channels:
+        raise ValueError(f"{len(names)} channel names given for {num_channels} channels")
+    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
+    if folder.exists():
+        if not overwrite:
+            raise UserError(f"{folder} exists already; delete it, choose another dataset id, or pass overwrite=True")
+        shutil.rmtree(folder)
+    splits = [("imagesTr", "labelsTr", range(num_cases), 0)]
+    if num_test_cases:
+        splits.append(("imagesTs", "labelsTs", range(num_test_cases), 100000))
+    for images_dir, labels_dir, indices, offset in splits:
+        (folder / images_dir).mkdir(parents=True)
+        (folder / labels_dir).mkdir(parents=True)
+        for i in indices:
+            case = f"{name}_{offset + i:06d}"
+            images, labels = make_case(np.random.default_rng([seed, offset + i]), shape, num_channels)
+            for c in range(num_channels):
+                _write(images[c], folder / images_dir / f"{case}_{c:04d}.nii.gz", spacing)
+            _write(labels, folder / labels_dir / f"{case}.nii.gz", spacing)
+    label_names: Dict[str, int] = {"background": 0}
+    for c, channel in enumerate(names):
+        label_names[f"only_{channel}"] = c + 1
+    label_names["shared"] = num_channels + 1
+    dataset_json = {
+        "channel_names": {str(c): n for c, n in enumerate(names)},
+        "labels": label_names,
+        "numTraining": num_cases,
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": "nnunet_unpaired synthetic paired multi-channel phantom: structure only_<c> is visible in "
+                       "channel c only, 'shared' in every channel",
+        "phantom": {"seed": seed, "shape": list(shape), "spacing": list(spacing),
+                    "visible_in_channels": {n: np.flatnonzero(row).tolist()
+                                            for n, row in zip(list(label_names)[1:], visibility(num_channels))}},
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder
