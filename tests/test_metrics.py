@@ -110,11 +110,10 @@ def test_cropping_does_not_change_medpy_numbers():
     rng = np.random.default_rng(0)
     from scipy.ndimage import binary_dilation
 
-    for _ in range(3):
-        pred = binary_dilation(rng.random((20, 24, 16)) > 0.985, iterations=2)
-        ref = binary_dilation(rng.random((20, 24, 16)) > 0.985, iterations=2)
-        pred[0, :3, :3] = True  # touches the image border
-        spacing = (2.5, 0.8, 1.1)
+    for shape, spacing in [((20, 24, 16), (2.5, 0.8, 1.1))] * 3 + [((40, 30), (0.7, 1.3))]:
+        pred = binary_dilation(rng.random(shape) > 0.985, iterations=2)
+        ref = binary_dilation(rng.random(shape) > 0.985, iterations=2)
+        pred[(0, slice(0, 3), slice(0, 3))[: len(shape)]] = True  # touches the image border
         expected = (medpy_binary.hd95(pred, ref, spacing), medpy_binary.assd(pred, ref, spacing))
         assert surface_distances(pred, ref, spacing) == pytest.approx(expected, rel=1e-12)
 

@@ -184,15 +184,16 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> np.ndarray:
 
 
 def _crop_to_union(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks cut to the bounding box of their union plus one background voxel on every side.
+    """Both masks cut to the bounding box of their union, so that the distance transforms scale with the structures,
+    not with the image.
 
-    The distances do not change: outside the box both masks are background, so every surface voxel and every
-    nearest partner lies inside it, and the one-voxel margin keeps the image border from becoming surface.
-    It makes the distance transforms proportional to the size of the structures, not of the image.
+    The distances do not change. Outside the box both masks are background, so every surface voxel and its nearest
+    partner lie inside it. A mask voxel on a face of the box was surface already (its neighbour across that face is
+    outside the union, hence background), so treating the box border as background adds no surface voxel.
     """
     union = pred | ref
     box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(union))
-    return np.pad(pred[box], 1), np.pad(ref[box], 1)
+    return pred[box], ref[box]
 
 
 def _structures(labels: Mapping[str, LabelValue]) -> dict[str, LabelValue]:
