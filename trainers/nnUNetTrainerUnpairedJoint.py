@@ -1,0 +1,4 @@
+from nnunet_unpaired.training.unpaired_joint import (  # noqa: F401
+    nnUNetTrainerUnpairedJoint,
+    nnUNetTrainerUnpairedJointModalityNorm,
+)
