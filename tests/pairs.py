@@ -1,0 +1,63 @@
+"""Builds a small, planned phantom pair for the tests (fixed seeds; a few seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Sequence
+
+from nnunet_unpaired.phantom import ModalityGeometry, PhantomConfig, dataset_folder_name, write_phantom_pair
+from nnunet_unpaired.registration import env_with_trainers
+
+IDS = (911, 912)
+NAMES = (dataset_folder_name(IDS[0], "CT"), dataset_folder_name(IDS[1], "MR"))
+
+# small field of view: 32 x 32 in-plane CT voxels, 8 slices -> fast planning, training and prediction
+SMALL = dict(field_of_view_mm=(64.0, 64.0, 24.0), ct=ModalityGeometry((2.0, 2.0, 3.0), False),
+             mr=ModalityGeometry((2.4, 2.4, 4.0), True))
+
+TINY_BUDGET = {"nnUNet_unpaired_epochs": "2", "nnUNet_unpaired_iters": "4", "nnUNet_unpaired_val_iters": "1",
+               "nnUNet_unpaired_no_mirroring": "1", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
+               "nnUNet_compile": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def nnunet_env(root: Path, extra: Dict[str, str] = None) -> Dict[str, str]:
+    """Environment with nnU-Net folders under ``root``, our trainers registered and a tiny training budget."""
+    env = env_with_trainers()
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        env[name] = str(root / name)
+    env.update(TINY_BUDGET)
+    env.update(extra or {})
+    return env
+
+
+def run(cmd: Sequence[str], env: Dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script of this venv; fail the test with the output tail when it fails."""
+    exe = Path(sys.executable).parent / cmd[0]
+    proc = subprocess.run([str(exe), *cmd[1:]], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+                             f"--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def make_planned_pair(root: Path, num_train: int = 6, num_test: int = 2, configurations=("2d",),
+                      max_features: int = 16, batch_size: int = 4) -> Dict[str, str]:
+    """Phantom pair + plan-pair under ``root``; returns the environment to run nnU-Net commands in."""
+    env = nnunet_env(root)
+    write_phantom_pair(env["nnUNet_raw"], IDS, PhantomConfig(num_train=num_train, num_test=num_test, **SMALL),
+                       log=lambda *a: None)
+    run(["nnunet_unpaired", "plan-pair", "-d", str(IDS[0]), str(IDS[1]), "-c", *configurations,
+         "--max-features", str(max_features), "--batch-size", str(batch_size), "-np", "1"], env)
+    return env
+
+
+def set_env(env: Dict[str, str], monkeypatch) -> None:
+    """Export an environment to the current process (for in-process use of nnU-Net's folder variables)."""
+    for key, value in env.items():
+        if key.startswith("nnUNet"):
+            monkeypatch.setenv(key, value)
+    assert os.environ["nnUNet_preprocessed"] == env["nnUNet_preprocessed"]
