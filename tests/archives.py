@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,7 +22,7 @@ SAGITTAL = (0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 FLIPPED_INPLANE = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # like many CT NIfTI files (RAS-ish in-plane)
 
 
-def oblique(degrees: float) -> Tuple[float, ...]:
+def oblique(degrees: float) -> tuple[float, ...]:
     """A rotation about the z axis by ``degrees`` (row-major direction tuple)."""
     a = np.deg2rad(degrees)
     return (np.cos(a), -np.sin(a), 0.0, np.sin(a), np.cos(a), 0.0, 0.0, 0.0, 1.0)
@@ -84,7 +84,7 @@ def write_btcv_case(root: Path, number: int, image: sitk.Image, label: sitk.Imag
 # ----------------------------------------------------------------------------------------------------------------
 # AMOS: amos22/imagesTr/amos_0001.nii.gz + amos22/labelsTr/amos_0001.nii.gz (and imagesVa/labelsVa)
 
-def write_amos_case(root: Path, number: int, image: sitk.Image, label: Optional[sitk.Image], split: str = "Tr") -> None:
+def write_amos_case(root: Path, number: int, image: sitk.Image, label: sitk.Image | None, split: str = "Tr") -> None:
     base = root / "amos22"
     write_nifti(image, base / f"images{split}" / f"amos_{number:04d}.nii.gz")
     if label is not None:
@@ -116,7 +116,8 @@ def write_dicom_slices(folder: Path, volume: sitk.Image, names: Sequence[str], o
         writer.Execute(slice_)
 
 
-def write_pngs(folder: Path, grey: np.ndarray, names: Sequence[str], order: Sequence[int], one_bit: bool = False) -> None:
+def write_pngs(folder: Path, grey: np.ndarray, names: Sequence[str], order: Sequence[int],
+               one_bit: bool = False) -> None:
     """Write ``grey[order[i]]`` (a z, y, x uint8 stack in physical slice order) as PNG ``names[i]``."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, k in zip(names, order):
@@ -125,18 +126,18 @@ def write_pngs(folder: Path, grey: np.ndarray, names: Sequence[str], order: Sequ
         image.save(folder / name)
 
 
-def chaos_mr_names(n: int, series: int) -> Tuple[List[str], List[str]]:
+def chaos_mr_names(n: int, series: int) -> tuple[list[str], list[str]]:
     """CHAOS MR names: DICOM ``IMG-0004-00001.dcm`` ..., ground truth ``IMG-0004-00001.png`` ..."""
     stems = [f"IMG-{series:04d}-{i + 1:05d}" for i in range(n)]
     return [s + ".dcm" for s in stems], [s + ".png" for s in stems]
 
 
-def chaos_ct_names(n: int) -> Tuple[List[str], List[str]]:
+def chaos_ct_names(n: int) -> tuple[list[str], list[str]]:
     """CHAOS CT names: DICOM ``i0000,0000b.dcm`` ..., ground truth ``liver_GT_000.png`` ..."""
     return [f"i{i:04d},0000b.dcm" for i in range(n)], [f"liver_GT_{i:03d}.png" for i in range(n)]
 
 
-def file_order(n: int, reverse: bool) -> List[int]:
+def file_order(n: int, reverse: bool) -> list[int]:
     """Physical slice index written to file i: positions run against file names when ``reverse``."""
     return list(range(n - 1, -1, -1)) if reverse else list(range(n))
 
@@ -148,7 +149,7 @@ def grey_from_labels(labels: np.ndarray, grey: Mapping[int, int]) -> np.ndarray:
     return out
 
 
-def write_chaos_mr_series(series_dir: Path, ground_dir: Path, image: sitk.Image, labels: Optional[np.ndarray],
+def write_chaos_mr_series(series_dir: Path, ground_dir: Path, image: sitk.Image, labels: np.ndarray | None,
                           series: int, reverse: bool = False, grey: Mapping[int, int] = CHAOS_MR_GREY) -> None:
     """One MR series: DICOM files under ``series_dir``, PNGs under ``ground_dir`` (skipped when labels is None)."""
     n = image.GetSize()[2]
@@ -213,12 +214,13 @@ def map_values(array: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     return out
 
 
-def tree_digest(root: Path) -> Dict[str, str]:
+def tree_digest(root: Path) -> dict[str, str]:
     """Path -> sha1 of every file under ``root`` plus its mtime, to prove a converter left its input alone."""
     out = {}
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            out[str(path.relative_to(root))] = hashlib.sha1(path.read_bytes()).hexdigest() + f"@{path.stat().st_mtime_ns}"
+            digest = hashlib.sha1(path.read_bytes()).hexdigest()
+            out[str(path.relative_to(root))] = f"{digest}@{path.stat().st_mtime_ns}"
         elif path.is_dir():
             out[str(path.relative_to(root)) + "/"] = "dir"
     return out
@@ -234,11 +236,11 @@ def read(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
-def case_files(dataset: Path, folder: str) -> List[str]:
+def case_files(dataset: Path, folder: str) -> list[str]:
     return sorted(p.name for p in (dataset / folder).iterdir()) if (dataset / folder).is_dir() else []
 
 
-def check_splits(dataset: Path, train_cases: Iterable[str], groups: Optional[Mapping[str, str]] = None) -> list:
+def check_splits(dataset: Path, train_cases: Iterable[str], groups: Mapping[str, str] | None = None) -> list:
     """splits_final.json: every training case validated exactly once, nothing else; groups never straddle folds."""
     splits = load_json(dataset / "splits_final.json")
     train_cases = sorted(train_cases)

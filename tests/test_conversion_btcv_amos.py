@@ -8,13 +8,27 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from archives import (
-    FLIPPED_INPLANE, IDENTITY, SAGITTAL, assert_lps, case_files, chaos_mr_case_dir, check_splits, load_json,
-    make_image, make_label, map_values, read, sample_at, tree_digest, write_amos_case, write_btcv_case,
+    FLIPPED_INPLANE,
+    IDENTITY,
+    SAGITTAL,
+    assert_lps,
+    case_files,
+    chaos_mr_case_dir,
+    check_splits,
+    load_json,
+    make_image,
+    make_label,
+    map_values,
+    read,
+    sample_at,
+    tree_digest,
+    write_amos_case,
+    write_btcv_case,
     write_chaos_mr_series,
 )
 from conftest import REPO
+
 from nnunet_unpaired.conversion.amos import convert_amos
 from nnunet_unpaired.conversion.btcv import convert_btcv
 from nnunet_unpaired.conversion.chaos import convert_chaos
@@ -186,9 +200,10 @@ def test_command_line_and_script(amos, btcv, tmp_path, capsys):
     assert "give 2 id(s)" in capsys.readouterr().err
     script = REPO / "dataset_conversion" / "Dataset705_BTCV.py"
     done = subprocess.run([sys.executable, str(script), "--input", str(btcv[0]), "--output-root", str(raw),
-                           "--protocol", "abdomen-4", "--ids", "2", "3"], capture_output=True, text=True)
+                           "--protocol", "abdomen-4", "--ids", "2", "3"], check=False, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     assert "Dataset705_BTCV" in done.stdout and (raw / "Dataset705_BTCV" / "splits_final.json").is_file()
     done = subprocess.run([sys.executable, str(script), "--input", str(tmp_path / "missing"), "--output-root",
-                           str(raw)], capture_output=True, text=True)
+                           str(raw)], check=False, capture_output=True, text=True)
     assert done.returncode == 2 and "missing: folder not found" in done.stderr and "Traceback" not in done.stderr

@@ -5,11 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from archives import (
-    CHAOS_MR_GREY_OFF_NOMINAL, FLIPPED_INPLANE, IDENTITY, assert_lps, case_files, chaos_mr_case_dir, check_splits,
-    load_json, make_image, map_values, read, sample_at, tree_digest, write_chaos_ct_case, write_chaos_mr_series,
+    CHAOS_MR_GREY_OFF_NOMINAL,
+    FLIPPED_INPLANE,
+    IDENTITY,
+    assert_lps,
+    case_files,
+    chaos_mr_case_dir,
+    check_splits,
+    load_json,
+    make_image,
+    map_values,
+    read,
+    sample_at,
+    tree_digest,
+    write_chaos_ct_case,
+    write_chaos_mr_series,
 )
+
 from nnunet_unpaired.conversion.chaos import convert_chaos, read_dicom_stack
 from nnunet_unpaired.conversion.cli import main
 from nnunet_unpaired.errors import UserError
@@ -173,7 +186,7 @@ def test_ct_liver_from_dicom_and_one_bit_png(ct_archive, tmp_path):
 def test_refuses_slice_count_mismatch(archive, tmp_path):
     root, _ = archive
     ground = chaos_mr_case_dir(root, 5) / "T2SPIR" / "Ground"
-    sorted(ground.iterdir())[-1].unlink()
+    (ground / "IMG-0010-00005.png").unlink()
     with pytest.raises(UserError, match=r"5/T2SPIR/Ground: 4 ground-truth PNGs but 5 DICOM slices"):
         convert_chaos(root, output_root=str(tmp_path / "raw"))
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from archives import (
-    CHAOS_MR_GREY, assert_lps, chaos_mr_case_dir, load_json, map_values, read, sample_at, tree_digest,
-    write_btcv_case, write_chaos_ct_case, write_chaos_mr_series,
+    CHAOS_MR_GREY,
+    assert_lps,
+    chaos_mr_case_dir,
+    load_json,
+    map_values,
+    read,
+    sample_at,
+    tree_digest,
+    write_btcv_case,
+    write_chaos_ct_case,
+    write_chaos_mr_series,
 )
+
 from nnunet_unpaired.conversion.btcv import convert_btcv
 from nnunet_unpaired.conversion.chaos import convert_chaos
 
@@ -28,7 +37,8 @@ TS_TO_ABDOMEN_4 = {TS_LIVER: 1, TS_RIGHT_KIDNEY: 2, TS_LEFT_KIDNEY: 3, TS_SPLEEN
 
 @pytest.fixture
 def real(totalseg_fixtures):
-    return {name: sitk.ReadImage(str(totalseg_fixtures / f"{name}.nii.gz")) for name in ("ct", "ct_seg", "mr", "mr_seg")}
+    names = ("ct", "ct_seg", "mr", "mr_seg")
+    return {name: sitk.ReadImage(str(totalseg_fixtures / f"{name}.nii.gz")) for name in names}
 
 
 def _as_label(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from archives import (
-    FLIPPED_INPLANE, IDENTITY, SAGITTAL, assert_lps, assert_same_grid_extent, case_files, check_splits, load_json,
-    make_image, make_label, map_values, oblique, read, sample_at, tree_digest, write_mmwhs_case,
+    FLIPPED_INPLANE,
+    IDENTITY,
+    SAGITTAL,
+    assert_lps,
+    assert_same_grid_extent,
+    case_files,
+    check_splits,
+    load_json,
+    make_image,
+    make_label,
+    map_values,
+    oblique,
+    read,
+    sample_at,
+    tree_digest,
+    write_mmwhs_case,
 )
+
 from nnunet_unpaired.conversion.cli import main
 from nnunet_unpaired.conversion.mmwhs import convert_mmwhs
 from nnunet_unpaired.errors import UserError
@@ -223,7 +237,8 @@ def test_command_line(archive, tmp_path, capsys):
     common = ["mmwhs", "--input", str(root), "--output-root", str(raw), "--protocol", "mmwhs-4"]
     assert main(common + ["--modality", "ct", "--ids", "1001", "1002", "--dataset-id", "721"]) == 0
     assert "No partner dataset" in capsys.readouterr().out
-    assert main(common + ["--modality", "mr", "--ids", "1010,1011", "--dataset-id", "722", "--mr-test-ids", "1011"]) == 0
+    mr = ["--modality", "mr", "--ids", "1010,1011", "--dataset-id", "722", "--mr-test-ids", "1011"]
+    assert main(common + mr) == 0
     assert case_files(raw / "Dataset722_MMWHS_MR", "imagesTs") == ["mmwhs_mr_1011_0000.nii.gz"]
     assert "plan-pair -d 721 722 -c 3d_fullres" in capsys.readouterr().out
     assert main(["mmwhs", "--input", str(tmp_path / "nowhere"), "--output-root", str(raw)]) == 2

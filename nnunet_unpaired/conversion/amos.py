@@ -16,12 +16,23 @@ Labels: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 5 esophagus, 6 l
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from nnunet_unpaired.conversion.common import (
-    AMOS_15, DEFAULT_GEOMETRY_TOLERANCE, PROTOCOLS, Case, DatasetSpec, DatasetWriter, find_partner,
-    load_volume_pair, print_pair_command, print_summary, require_dir, resolve_output_root, select_ids,
+    AMOS_15,
+    DEFAULT_GEOMETRY_TOLERANCE,
+    PROTOCOLS,
+    Case,
+    DatasetSpec,
+    DatasetWriter,
+    find_partner,
+    load_volume_pair,
+    print_pair_command,
+    print_summary,
+    require_dir,
+    resolve_output_root,
+    select_ids,
     warn_stale_preprocessed,
 )
 from nnunet_unpaired.errors import UserError
@@ -48,9 +59,9 @@ def find_root(input_dir: Path) -> Path:
                     f"archive (the amos22 folder).")
 
 
-def find_cases(root: Path) -> Dict[int, Dict[str, object]]:
+def find_cases(root: Path) -> dict[int, dict[str, object]]:
     """case number -> {"image", "label", "split"} over imagesTr/labelsTr and imagesVa/labelsVa."""
-    cases: Dict[int, Dict[str, object]] = {}
+    cases: dict[int, dict[str, object]] = {}
     for split in ("Tr", "Va"):
         images_dir, labels_dir = root / f"images{split}", root / f"labels{split}"
         if split == "Va" and not images_dir.is_dir():
@@ -79,10 +90,10 @@ def dataset_spec(modality: str, dataset_id: int, protocol: str) -> DatasetSpec:
                        REFERENCE, LICENCE, RELEASE)
 
 
-def convert_amos(input_dir, output_root: Optional[str] = None, modalities: Sequence[str] = ("ct", "mr"),
-                 protocol: str = "amos-15", ids: Optional[List[int]] = None, test_ids: Optional[List[int]] = None,
-                 va_as_test: bool = False, dataset_ids: Optional[Dict[str, int]] = None,
-                 geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE, n_folds: int = 5) -> Dict[str, Path]:
+def convert_amos(input_dir, output_root: str | None = None, modalities: Sequence[str] = ("ct", "mr"),
+                 protocol: str = "amos-15", ids: list[int] | None = None, test_ids: list[int] | None = None,
+                 va_as_test: bool = False, dataset_ids: dict[str, int] | None = None,
+                 geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE, n_folds: int = 5) -> dict[str, Path]:
     """Convert AMOS CT and/or MR cases; returns modality -> written dataset folder."""
     input_dir = require_dir(Path(input_dir), "the unpacked AMOS archive")
     if protocol not in LABEL_PROTOCOLS:

@@ -19,11 +19,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from nnunet_unpaired.conversion.common import (
-    BTCV_13, DEFAULT_GEOMETRY_TOLERANCE, PROTOCOLS, Case, DatasetSpec, DatasetWriter, find_partner,
-    load_volume_pair, print_pair_command, print_summary, require_dir, resolve_output_root, select_ids,
+    BTCV_13,
+    DEFAULT_GEOMETRY_TOLERANCE,
+    PROTOCOLS,
+    Case,
+    DatasetSpec,
+    DatasetWriter,
+    find_partner,
+    load_volume_pair,
+    print_pair_command,
+    print_summary,
+    require_dir,
+    resolve_output_root,
+    select_ids,
     warn_stale_preprocessed,
 )
 from nnunet_unpaired.errors import UserError
@@ -50,7 +60,7 @@ def find_training(input_dir: Path) -> Path:
                     f"at the unpacked BTCV archive (the folder that holds RawData/).")
 
 
-def find_cases(training: Path) -> Dict[int, Dict[str, Path]]:
+def find_cases(training: Path) -> dict[int, dict[str, Path]]:
     images = {int(m.group(1)): p for p in (training / "img").iterdir() if (m := _IMAGE.match(p.name))}
     labels = {int(m.group(1)): p for p in (training / "label").iterdir() if (m := _LABEL.match(p.name))}
     for number in sorted(set(images) ^ set(labels)):
@@ -67,8 +77,8 @@ def dataset_spec(dataset_id: int, protocol: str) -> DatasetSpec:
                        f"Converted by nnunet_unpaired convert btcv.", REFERENCE, LICENCE, RELEASE)
 
 
-def convert_btcv(input_dir, output_root: Optional[str] = None, protocol: str = "btcv-13",
-                 ids: Optional[List[int]] = None, test_ids: Optional[List[int]] = None,
+def convert_btcv(input_dir, output_root: str | None = None, protocol: str = "btcv-13",
+                 ids: list[int] | None = None, test_ids: list[int] | None = None,
                  dataset_id: int = DEFAULT_ID, geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
                  n_folds: int = 5) -> Path:
     """Convert the BTCV training cases; returns the written dataset folder."""

@@ -25,17 +25,31 @@ out-of-phase series become two channels of one case (default) or two cases of th
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from nnunet_unpaired.conversion.common import (
-    DEFAULT_GEOMETRY_TOLERANCE, PROTOCOLS, Case, DatasetSpec, DatasetWriter, find_partner, geometry_mismatch,
-    label_image, natural_key, print_pair_command, print_summary, read_image, reorient, require_dir,
-    resolve_output_root, select_ids, warn_stale_preprocessed,
+    DEFAULT_GEOMETRY_TOLERANCE,
+    PROTOCOLS,
+    Case,
+    DatasetSpec,
+    DatasetWriter,
+    find_partner,
+    geometry_mismatch,
+    label_image,
+    natural_key,
+    print_pair_command,
+    print_summary,
+    read_image,
+    reorient,
+    require_dir,
+    resolve_output_root,
+    select_ids,
+    warn_stale_preprocessed,
 )
 from nnunet_unpaired.errors import UserError
 
@@ -57,7 +71,7 @@ RELEASE = "https://chaos.grand-challenge.org/ , https://doi.org/10.5281/zenodo.3
 # ----------------------------------------------------------------------------------------------------------------
 # reading DICOM stacks and PNG ground truth
 
-def list_files(folder: Path, suffix: str) -> List[Path]:
+def list_files(folder: Path, suffix: str) -> list[Path]:
     """The ``suffix`` files of a folder in natural file name order (the challenge's slice order)."""
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == suffix]
     if not files:
@@ -65,7 +79,7 @@ def list_files(folder: Path, suffix: str) -> List[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def read_dicom_stack(folder: Path, tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) -> Tuple[sitk.Image, List[Path]]:
+def read_dicom_stack(folder: Path, tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) -> tuple[sitk.Image, list[Path]]:
     """A 3D volume from one slice per DICOM file, stacked in file name order, geometry from the headers."""
     files = list_files(folder, ".dcm")
     slices = [read_image(f) for f in files]
@@ -92,7 +106,7 @@ def read_dicom_stack(folder: Path, tolerance: float = DEFAULT_GEOMETRY_TOLERANCE
     return image, files
 
 
-def _slice_mismatch(a: sitk.Image, b: sitk.Image, tolerance: float) -> Optional[str]:
+def _slice_mismatch(a: sitk.Image, b: sitk.Image, tolerance: float) -> str | None:
     if a.GetSize()[:2] != b.GetSize()[:2] or (b.GetDimension() == 3 and b.GetSize()[2] != 1):
         return f"size {b.GetSize()} vs {a.GetSize()}"
     if not np.allclose(a.GetSpacing()[:2], b.GetSpacing()[:2], rtol=0, atol=tolerance):
@@ -102,7 +116,7 @@ def _slice_mismatch(a: sitk.Image, b: sitk.Image, tolerance: float) -> Optional[
     return None
 
 
-def _slice_axis(positions: np.ndarray, normal: np.ndarray, thickness: float, folder: Path) -> Tuple[float, float]:
+def _slice_axis(positions: np.ndarray, normal: np.ndarray, thickness: float, folder: Path) -> tuple[float, float]:
     """Slice spacing and the sign (+1/-1 along the row x column normal) of the file-order slice axis."""
     if len(positions) == 1:
         return float(thickness), 1.0
@@ -136,7 +150,7 @@ def read_png(path: Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read this PNG ({e}). Re-download the archive.") from None
 
 
-def decode_stack(files: Sequence[Path], decode, shape: Tuple[int, int]) -> np.ndarray:
+def decode_stack(files: Sequence[Path], decode, shape: tuple[int, int]) -> np.ndarray:
     """Stack decoded PNGs (file order); each must have the in-plane ``shape`` (rows, columns) of its DICOM."""
     out = []
     for path in files:
@@ -177,7 +191,7 @@ def _lut_decoder(lut: np.ndarray, what: str):
     return decode
 
 
-def load_series(dicom_dir: Path, ground_dir: Path, decode, tolerance: float) -> Tuple[sitk.Image, sitk.Image]:
+def load_series(dicom_dir: Path, ground_dir: Path, decode, tolerance: float) -> tuple[sitk.Image, sitk.Image]:
     """Image and label of one series, both in file name order, both reoriented through the DICOM geometry."""
     image, dicoms = read_dicom_stack(dicom_dir, tolerance)
     pngs = list_files(ground_dir, ".png")
@@ -200,7 +214,7 @@ def find_train_sets(input_dir: Path) -> Path:
                     f"CHAOS archive (the folder that holds Train_Sets/).")
 
 
-def patient_folders(train_sets: Path, modality: str) -> Dict[int, Path]:
+def patient_folders(train_sets: Path, modality: str) -> dict[int, Path]:
     folder = require_dir(train_sets / modality.upper(), f"CHAOS {modality.upper()} training data")
     return {int(p.name): p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()}
 
@@ -210,7 +224,7 @@ class MRLayout:
     sequence: str  # T2SPIR, T1DUAL or all
     t1_layout: str  # channels or cases
 
-    def channel_names(self) -> Dict[str, str]:
+    def channel_names(self) -> dict[str, str]:
         if self.sequence == "T2SPIR":
             return {"0": "T2SPIR"}
         if self.sequence == "T1DUAL" and self.t1_layout == "channels":
@@ -265,11 +279,11 @@ def ct_spec(dataset_id: int) -> DatasetSpec:
                        REFERENCE, LICENCE, RELEASE)
 
 
-def convert_chaos(input_dir, output_root: Optional[str] = None, modalities: Sequence[str] = ("mr",),
+def convert_chaos(input_dir, output_root: str | None = None, modalities: Sequence[str] = ("mr",),
                   protocol: str = "abdomen-4", sequence: str = "T2SPIR", t1_layout: str = "channels",
-                  ids: Optional[List[int]] = None, test_ids: Optional[Dict[str, List[int]]] = None,
-                  dataset_ids: Optional[Dict[str, int]] = None,
-                  geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE, n_folds: int = 5) -> Dict[str, Path]:
+                  ids: list[int] | None = None, test_ids: dict[str, list[int]] | None = None,
+                  dataset_ids: dict[str, int] | None = None,
+                  geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE, n_folds: int = 5) -> dict[str, Path]:
     """Convert CHAOS MR and/or CT; returns modality -> written dataset folder."""
     input_dir = require_dir(Path(input_dir), "the unpacked CHAOS archive")
     if protocol not in MR_PROTOCOLS:
@@ -306,7 +320,7 @@ def convert_chaos(input_dir, output_root: Optional[str] = None, modalities: Sequ
     return written
 
 
-def _print_next_steps(root: Path, written: Dict[str, Path], dataset_ids: Dict[str, int], protocol: str,
+def _print_next_steps(root: Path, written: dict[str, Path], dataset_ids: dict[str, int], protocol: str,
                       layout: MRLayout) -> None:
     if "mr" in written and len(layout.channel_names()) != 1:
         print("\nnote: T1-DUAL as two channels has no one-channel CT partner; plan-pair needs the same number of "

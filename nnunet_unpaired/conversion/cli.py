@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
 
 from nnunet_unpaired.conversion.common import DEFAULT_GEOMETRY_TOLERANCE, parse_ids
 from nnunet_unpaired.errors import UserError
@@ -27,10 +26,11 @@ def _common(p: argparse.ArgumentParser, default_ids: str) -> None:
     p.add_argument("--geometry-tolerance", type=float, default=DEFAULT_GEOMETRY_TOLERANCE, metavar="MM",
                    help="largest header difference (mm, direction cosines) tolerated between an image and its label "
                         "(default: %(default)s)")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds in splits_final.json (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="cross-validation folds in splits_final.json (default: %(default)s)")
 
 
-def _modality(p: argparse.ArgumentParser, choices: List[str], default: str) -> None:
+def _modality(p: argparse.ArgumentParser, choices: list[str], default: str) -> None:
     p.add_argument("--modality", choices=choices, default=default,
                    help="which modality to convert; 'both' writes two datasets (default: %(default)s)")
 
@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["abdomen-4", "liver"], default="abdomen-4",
                    help="MR labels: liver, kidneys, spleen (pairs with BTCV/AMOS abdomen-4) or liver only "
                         "(pairs with CHAOS CT) (default: %(default)s)")
-    p.add_argument("--sequence", choices=["T2SPIR", "T1DUAL", "all"], default="T2SPIR", help="MR sequence(s) (default: %(default)s)")
+    p.add_argument("--sequence", choices=["T2SPIR", "T1DUAL", "all"], default="T2SPIR",
+                   help="MR sequence(s) (default: %(default)s)")
     p.add_argument("--t1-layout", choices=["channels", "cases"], default="channels",
                    help="T1-DUAL in/out phase as two channels of one case, or as two cases of one patient "
                         "(default: %(default)s)")
@@ -83,11 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="put AMOS's labelled validation cases (imagesVa) into imagesTs instead of training")
 
 
-def _modalities(choice: str) -> List[str]:
+def _modalities(choice: str) -> list[str]:
     return ["ct", "mr"] if choice == "both" else [choice]
 
 
-def _dataset_ids(args, modalities: List[str]) -> Optional[dict]:
+def _dataset_ids(args, modalities: list[str]) -> dict | None:
     if args.dataset_id is None:
         return None
     if len(args.dataset_id) != len(modalities):
@@ -96,7 +97,7 @@ def _dataset_ids(args, modalities: List[str]) -> Optional[dict]:
     return dict(zip(modalities, args.dataset_id))
 
 
-def _test_ids(args, modalities: List[str]) -> dict:
+def _test_ids(args, modalities: list[str]) -> dict:
     out = {}
     for m in modalities:
         value = parse_ids(getattr(args, f"{m}_test_ids", None), f"--{m}-test-ids")
@@ -106,8 +107,8 @@ def _test_ids(args, modalities: List[str]) -> dict:
 
 
 def run(args) -> int:
-    common = dict(output_root=args.output_root, ids=parse_ids(args.ids, "--ids"),
-                  geometry_tolerance=args.geometry_tolerance, n_folds=args.folds)
+    common = {"output_root": args.output_root, "ids": parse_ids(args.ids, "--ids"),
+              "geometry_tolerance": args.geometry_tolerance, "n_folds": args.folds}
     if args.folds < 1:
         raise UserError("--folds must be at least 1")
     if args.dataset in ("mmwhs", "chaos", "amos"):
@@ -138,7 +139,7 @@ def run(args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dataset_conversion/Dataset7xx_*.py`` scripts: argv starts with the dataset name."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="nnunet_unpaired convert", description=HELP,

@@ -24,9 +24,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import final
 
 import numpy as np
 import SimpleITK as sitk
@@ -49,15 +50,15 @@ class LabelProtocol:
     """
 
     name: str
-    labels: Tuple[str, ...]
+    labels: tuple[str, ...]
     description: str
 
-    def labels_json(self) -> Dict[str, int]:
+    def labels_json(self) -> dict[str, int]:
         out = {"background": 0}
         out.update({name: i + 1 for i, name in enumerate(self.labels)})
         return out
 
-    def lookup(self, source_names: Mapping[int, str]) -> Dict[int, int]:
+    def lookup(self, source_names: Mapping[int, str]) -> dict[int, int]:
         """Source value -> protocol value for a source encoding given as value -> structure name (0 stays 0)."""
         lut = {0: 0}
         for value, name in source_names.items():
@@ -77,7 +78,7 @@ MMWHS_7 = ("LV_myocardium", "LA_blood_cavity", "LV_blood_cavity", "RA_blood_cavi
 # the cross-modality protocol of Dou et al. 2018 / SIFA (Chen et al. 2019/2020): AA, LAC, LVC, MYO
 MMWHS_4 = ("ascending_aorta", "LA_blood_cavity", "LV_blood_cavity", "LV_myocardium")
 
-PROTOCOLS: Dict[str, LabelProtocol] = {p.name: p for p in (
+PROTOCOLS: dict[str, LabelProtocol] = {p.name: p for p in (
     LabelProtocol("mmwhs-7", MMWHS_7, "MM-WHS 2017, all 7 cardiac structures"),
     LabelProtocol("mmwhs-4", MMWHS_4, "MM-WHS cross-modality protocol (Dou et al. 2018, SIFA): AA, LAC, LVC, MYO"),
     LabelProtocol("abdomen-4", ABDOMEN_4, "abdominal 4-organ protocol (SIFA): liver, right kidney, left kidney, "
@@ -95,7 +96,7 @@ class DatasetSpec:
     dataset_id: int
     name: str
     modality: str  # "CT" or "MR"
-    channel_names: Dict[str, str]
+    channel_names: dict[str, str]
     protocol: LabelProtocol
     converter: str  # the `nnunet_unpaired convert` sub-command, recorded so a rerun may replace the folder
     description: str
@@ -113,7 +114,7 @@ class Case:
     """One converted case: channel images and label already reoriented and checked."""
 
     case_id: str
-    images: List[sitk.Image]
+    images: list[sitk.Image]
     label: sitk.Image
     group: str  # the patient: cases of one group never straddle a train/val boundary
     test: bool = False
@@ -124,15 +125,15 @@ class Case:
 class CaseSummary:
     case_id: str
     test: bool
-    size: Tuple[int, ...]
-    spacing: Tuple[float, ...]
-    labels: Tuple[int, ...]
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    labels: tuple[int, ...]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # reading and checking
 
-def natural_key(name: str) -> Tuple:
+def natural_key(name: str) -> tuple:
     """Sort key that orders embedded numbers numerically ("IMG-2" before "IMG-10")."""
     return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
 
@@ -160,7 +161,7 @@ def read_image(path: Path) -> sitk.Image:
                         f"a tool that writes a valid header (e.g. nibabel), then rerun.") from None
 
 
-def geometry_mismatch(a: sitk.Image, b: sitk.Image, tolerance: float) -> Optional[str]:
+def geometry_mismatch(a: sitk.Image, b: sitk.Image, tolerance: float) -> str | None:
     """None when ``a`` and ``b`` share a voxel grid (within ``tolerance``), otherwise what differs."""
     if a.GetSize() != b.GetSize():
         return f"size {a.GetSize()} vs {b.GetSize()}"
@@ -197,7 +198,7 @@ def found_values(array: np.ndarray) -> np.ndarray:
 
 
 def remap_labels(array: np.ndarray, lut: Mapping[int, int], path: Path, dataset: str,
-                 aliases: Optional[Mapping[int, int]] = None) -> np.ndarray:
+                 aliases: Mapping[int, int] | None = None) -> np.ndarray:
     """Map source label values to protocol values (uint8); UserError naming file and value for unknown values.
 
     ``aliases`` maps known quirk values to the value they stand for (MM-WHS: 421 -> 420) before the lookup.
@@ -233,7 +234,7 @@ def label_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
 
 
 def load_volume_pair(image_path: Path, label_path: Path, lut: Mapping[int, int], dataset: str, tolerance: float,
-                     aliases: Optional[Mapping[int, int]] = None) -> Tuple[sitk.Image, sitk.Image]:
+                     aliases: Mapping[int, int] | None = None) -> tuple[sitk.Image, sitk.Image]:
     """Read an image + label volume pair, check their grids match, remap the labels, reorient both alike."""
     image = read_image(image_path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -245,7 +246,7 @@ def load_volume_pair(image_path: Path, label_path: Path, lut: Mapping[int, int],
     return reorient(image), reorient(mapped)
 
 
-def parse_ids(values: Optional[Sequence[str]], option: str) -> Optional[List[int]]:
+def parse_ids(values: Sequence[str] | None, option: str) -> list[int] | None:
     """``--ids 1 2 5`` (or ``none``) as sorted ints; None when the option was not given."""
     if values is None:
         return None
@@ -263,7 +264,7 @@ def parse_ids(values: Optional[Sequence[str]], option: str) -> Optional[List[int
     return sorted(set(ids))
 
 
-def select_ids(available: Mapping[int, object], requested: Optional[List[int]], where: Path, what: str) -> List[int]:
+def select_ids(available: Mapping[int, object], requested: list[int] | None, where: Path, what: str) -> list[int]:
     """The case numbers to convert: all available ones, or the requested ones (each must exist)."""
     if requested is None:
         chosen = sorted(available)
@@ -281,13 +282,13 @@ def select_ids(available: Mapping[int, object], requested: Optional[List[int]], 
 # ----------------------------------------------------------------------------------------------------------------
 # splits
 
-def grouped_folds(cases: Sequence[Tuple[str, str]], n_folds: int = 5, seed: int = SPLIT_SEED) -> List[Dict]:
+def grouped_folds(cases: Sequence[tuple[str, str]], n_folds: int = 5, seed: int = SPLIT_SEED) -> list[dict]:
     """Cross-validation folds ``[{"train": [...], "val": [...]}, ...]`` with every group (patient) in one fold.
 
     Groups are shuffled with a fixed seed and dealt round-robin, so the split is reproducible. With fewer groups
     than ``n_folds`` there is one fold per group; with a single group, one fold that validates on its training data.
     """
-    groups: Dict[str, List[str]] = {}
+    groups: dict[str, list[str]] = {}
     for case_id, group in cases:
         groups.setdefault(group, []).append(case_id)
     names = sorted(groups, key=natural_key)
@@ -296,7 +297,7 @@ def grouped_folds(cases: Sequence[Tuple[str, str]], n_folds: int = 5, seed: int 
         return [{"train": everything, "val": everything}]
     order = np.random.RandomState(seed).permutation(len(names))
     k = min(n_folds, len(names))
-    fold_groups: List[List[str]] = [[] for _ in range(k)]
+    fold_groups: list[list[str]] = [[] for _ in range(k)]
     for position, index in enumerate(order):
         fold_groups[position % k].append(names[index])
     folds = []
@@ -310,7 +311,7 @@ def grouped_folds(cases: Sequence[Tuple[str, str]], n_folds: int = 5, seed: int 
 # ----------------------------------------------------------------------------------------------------------------
 # output location and the atomic writer
 
-def resolve_output_root(option: Optional[str], input_path: Path) -> Path:
+def resolve_output_root(option: str | None, input_path: Path) -> Path:
     """``--output-root`` or ``$nnUNet_raw``; refuses when neither is set or when it lies inside the input."""
     value = option or os.environ.get("nnUNet_raw")
     if not value:
@@ -324,7 +325,7 @@ def resolve_output_root(option: Optional[str], input_path: Path) -> Path:
     return root
 
 
-def read_marker(folder: Path) -> Optional[dict]:
+def read_marker(folder: Path) -> dict | None:
     """The ``nnunet_unpaired`` record of a dataset folder's dataset.json, or None."""
     try:
         with open(folder / "dataset.json") as f:
@@ -334,14 +335,14 @@ def read_marker(folder: Path) -> Optional[dict]:
     return record if isinstance(record, dict) else None
 
 
-def existing_datasets(root: Path, dataset_id: int) -> List[Path]:
+def existing_datasets(root: Path, dataset_id: int) -> list[Path]:
     if not root.is_dir():
         return []
     prefix = f"Dataset{dataset_id:03d}_"
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
 
 
-def check_replaceable(root: Path, spec: DatasetSpec) -> List[Path]:
+def check_replaceable(root: Path, spec: DatasetSpec) -> list[Path]:
     """Folders with the same dataset id that this run will replace; UserError if one was not written by us."""
     found = existing_datasets(root, spec.dataset_id)
     for folder in found:
@@ -353,6 +354,7 @@ def check_replaceable(root: Path, spec: DatasetSpec) -> List[Path]:
     return found
 
 
+@final
 class DatasetWriter:
     """Writes one nnU-Net raw dataset into a hidden sibling folder, then moves it into place.
 
@@ -363,12 +365,12 @@ class DatasetWriter:
         self.root = root
         self.spec = spec
         self.n_folds = n_folds
-        self.summaries: List[CaseSummary] = []
-        self.groups: List[Tuple[str, str]] = []
+        self.summaries: list[CaseSummary] = []
+        self.groups: list[tuple[str, str]] = []
         self._replace = check_replaceable(root, spec)
-        self.tmp: Optional[Path] = None
+        self.tmp: Path | None = None
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.spec.folder_name}.partial-", dir=self.root))
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -479,7 +481,7 @@ def warn_stale_preprocessed(spec: DatasetSpec) -> None:
               f"planning again: nnU-Net keeps an existing splits_final.json there (and asserts that it matches).")
 
 
-def find_partner(root: Path, protocol: str, modality: str) -> Optional[int]:
+def find_partner(root: Path, protocol: str, modality: str) -> int | None:
     """Id of a dataset under ``root`` converted with ``protocol`` for the modality other than ``modality``."""
     if not root.is_dir():
         return None
@@ -490,7 +492,7 @@ def find_partner(root: Path, protocol: str, modality: str) -> Optional[int]:
     return None
 
 
-def print_pair_command(ct_id: Optional[int], mr_id: Optional[int], how_to_get_missing: str = "") -> None:
+def print_pair_command(ct_id: int | None, mr_id: int | None, how_to_get_missing: str = "") -> None:
     """The exact plan-pair command for a CT + MR pair (CT first)."""
     if ct_id is not None and mr_id is not None:
         print(f"\nNext, plan and preprocess the pair:\n  nnunet_unpaired plan-pair -d {ct_id} {mr_id} -c 3d_fullres")
@@ -502,4 +504,4 @@ def print_pair_command(ct_id: Optional[int], mr_id: Optional[int], how_to_get_mi
 class ConversionResult:
     """What a converter wrote: dataset id -> folder."""
 
-    written: Dict[int, Path] = field(default_factory=dict)
+    written: dict[int, Path] = field(default_factory=dict)

@@ -22,12 +22,23 @@ MR 1007, 1009, 1018, 1019) go to imagesTs/labelsTs and never into training or cr
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
 
 from nnunet_unpaired.conversion.common import (
-    DEFAULT_GEOMETRY_TOLERANCE, PROTOCOLS, Case, DatasetSpec, DatasetWriter, find_partner, load_volume_pair,
-    print_pair_command, print_summary, require_dir, resolve_output_root, select_ids, warn_stale_preprocessed,
+    DEFAULT_GEOMETRY_TOLERANCE,
+    PROTOCOLS,
+    Case,
+    DatasetSpec,
+    DatasetWriter,
+    find_partner,
+    load_volume_pair,
+    print_pair_command,
+    print_summary,
+    require_dir,
+    resolve_output_root,
+    select_ids,
+    warn_stale_preprocessed,
 )
 from nnunet_unpaired.errors import UserError
 
@@ -47,11 +58,11 @@ LICENCE = ("MM-WHS 2017 challenge data: research use after registering with the 
 RELEASE = "https://zmiclab.github.io/zxh/0/mmwhs/"
 
 
-def find_cases(input_dir: Path, modality: str) -> Dict[int, Dict[str, Path]]:
+def find_cases(input_dir: Path, modality: str) -> dict[int, dict[str, Path]]:
     """case number -> {"image": path, "label": path} under ``<input>/<modality>_train/``."""
     folder = require_dir(input_dir / f"{modality}_train", f"MM-WHS {modality.upper()} training data, "
                                                           f"{modality}_train/{modality}_train_1001_image.nii.gz ...")
-    cases: Dict[int, Dict[str, Path]] = {}
+    cases: dict[int, dict[str, Path]] = {}
     for path in folder.iterdir():
         m = _FILE.match(path.name)
         if m and m.group(1) == modality:
@@ -76,10 +87,10 @@ def dataset_spec(modality: str, dataset_id: int, protocol: str) -> DatasetSpec:
         reference=REFERENCE, licence=LICENCE, release=RELEASE)
 
 
-def convert_mmwhs(input_dir, output_root: Optional[str] = None, modalities: Sequence[str] = ("ct", "mr"),
-                  protocol: str = "mmwhs-7", ids: Optional[List[int]] = None,
-                  test_ids: Optional[Dict[str, List[int]]] = None, dataset_ids: Optional[Dict[str, int]] = None,
-                  geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE, n_folds: int = 5) -> Dict[str, Path]:
+def convert_mmwhs(input_dir, output_root: str | None = None, modalities: Sequence[str] = ("ct", "mr"),
+                  protocol: str = "mmwhs-7", ids: list[int] | None = None,
+                  test_ids: dict[str, list[int]] | None = None, dataset_ids: dict[str, int] | None = None,
+                  geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE, n_folds: int = 5) -> dict[str, Path]:
     """Convert MM-WHS CT and/or MR; returns modality -> written dataset folder."""
     input_dir = require_dir(Path(input_dir), "the unpacked MM-WHS archive")
     if protocol not in LABEL_PROTOCOLS:
@@ -107,7 +118,7 @@ def convert_mmwhs(input_dir, output_root: Optional[str] = None, modalities: Sequ
     return written
 
 
-def _cases(files: Dict[int, Dict[str, Path]], numbers: Iterable[int], modality: str, test_ids: set, lut,
+def _cases(files: dict[int, dict[str, Path]], numbers: Iterable[int], modality: str, test_ids: set, lut,
            tolerance: float) -> Iterable[Case]:
     for number in numbers:
         image, label = load_volume_pair(files[number]["image"], files[number]["label"], lut, "MM-WHS", tolerance,
