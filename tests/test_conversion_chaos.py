@@ -191,6 +191,18 @@ def test_refuses_slice_count_mismatch(archive, tmp_path):
         convert_chaos(root, output_root=str(tmp_path / "raw"))
 
 
+def test_refuses_file_names_that_do_not_order_the_stack(archive, tmp_path):
+    root, _ = archive
+    folder = chaos_mr_case_dir(root, 1) / "T2SPIR" / "DICOM_anon"
+    a, b = folder / "IMG-0002-00002.dcm", folder / "IMG-0002-00004.dcm"
+    a.rename(folder / "swap.dcm")
+    b.rename(a)
+    (folder / "swap.dcm").rename(b)
+    with pytest.raises(UserError, match=r"DICOM_anon: slice positions do not advance monotonically in file name order "
+                                        r"\(IMG-0002-00002\.dcm -> IMG-0002-00003\.dcm\)"):
+        convert_chaos(root, output_root=str(tmp_path / "raw"))
+
+
 def test_refuses_unknown_grey_value_naming_file_and_value(archive, tmp_path):
     from PIL import Image
 

@@ -93,7 +93,7 @@ def read_dicom_stack(folder: Path, tolerance: float = DEFAULT_GEOMETRY_TOLERANCE
     row, col = direction[:, 0], direction[:, 1]
     normal = np.cross(row, col)
     positions = np.array([img.GetOrigin() for img in slices])
-    slice_spacing, sign = _slice_axis(positions, normal, first.GetSpacing()[2], folder)
+    slice_spacing, sign = _slice_axis(positions, normal, first.GetSpacing()[2], files)
     geometry = np.stack([row, col, sign * normal], axis=1)
     arrays = [sitk.GetArrayFromImage(img).reshape(img.GetSize()[1], img.GetSize()[0]) for img in slices]
     volume = np.stack(arrays)
@@ -116,8 +116,9 @@ def _slice_mismatch(a: sitk.Image, b: sitk.Image, tolerance: float) -> str | Non
     return None
 
 
-def _slice_axis(positions: np.ndarray, normal: np.ndarray, thickness: float, folder: Path) -> tuple[float, float]:
+def _slice_axis(positions: np.ndarray, normal: np.ndarray, thickness: float, files: list[Path]) -> tuple[float, float]:
     """Slice spacing and the sign (+1/-1 along the row x column normal) of the file-order slice axis."""
+    folder = files[0].parent
     if len(positions) == 1:
         return float(thickness), 1.0
     step = (positions[-1] - positions[0]) / (len(positions) - 1)
@@ -128,6 +129,11 @@ def _slice_axis(positions: np.ndarray, normal: np.ndarray, thickness: float, fol
     if abs(along) < 0.999:
         raise UserError(f"{folder}: the slice positions do not advance along the slice normal (tilted stack); this "
                         f"converter cannot represent the series without resampling.")
+    heights = np.diff(positions @ normal) * np.sign(along)
+    if np.any(heights <= 0):
+        i = int(np.argmax(heights <= 0))
+        raise UserError(f"{folder}: slice positions do not advance monotonically in file name order ({files[i].name} "
+                        f"-> {files[i + 1].name}); the file names must order the slices of one stack.")
     gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
     if np.max(np.abs(gaps - spacing)) > 0.01 * spacing + 1e-3:
         print(f"  warning: {folder}: slice gaps range {gaps.min():.4g}-{gaps.max():.4g} mm, stored as a uniform "
