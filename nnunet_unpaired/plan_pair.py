@@ -15,6 +15,7 @@ they are applied to A's plans before B copies them, so both datasets always shar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -148,7 +149,8 @@ def plan_pair(dataset_a: str, dataset_b: str, configurations: Sequence[str], pla
                                     show_progress_bar=False)
 
     log(f"[plan-pair] planning {name_a} ({planner}, plans '{plans_name}')")
-    plan_experiments([id_a], planner, overwrite_plans_name=plans_name)
+    with _planner_safe_environment():
+        plan_experiments([id_a], planner, overwrite_plans_name=plans_name)
     plans_file_a = os.path.join(pre, name_a, plans_name + ".json")
     plans_a = _load_json(plans_file_a)
     missing = [c for c in configurations if c not in plans_a["configurations"]]
@@ -180,6 +182,19 @@ def plan_pair(dataset_a: str, dataset_b: str, configurations: Sequence[str], pla
     log(f"[plan-pair] done. Train with e.g.\n  nnUNetv2_train {name_a} {configurations[0]} 0 "
         f"-tr nnUNetTrainerUnpairedJoint -p {plans_name}")
     return {"A": plans_file_a, "B": plans_file_b}
+
+
+@contextlib.contextmanager
+def _planner_safe_environment():
+    """nnU-Net's planner calls ``torch.set_num_threads(nnUNet_n_proc_DA)``, which fails for the valid setting 0."""
+    value = os.environ.get("nnUNet_n_proc_DA")
+    if value is not None and value.strip() == "0":
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ["nnUNet_n_proc_DA"] = value
 
 
 def _warn_small_datasets(names: Sequence[str], pre: str, log) -> None:

@@ -1,0 +1,165 @@
+"""plan-pair: shared plans with B's own normalization, the pairing record, and the refusals."""
+
+import json
+import shutil
+
+import pytest
+
+from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.pairing import PAIRING_KEY, plans_differences, read_pairing
+from nnunet_unpaired.plan_pair import partner_plans, plan_pair, shrink_plans
+
+from pairs import IDS, NAMES, make_planned_pair, set_env
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan_pair")
+    env = make_planned_pair(root, num_train=5, num_test=1, configurations=("2d", "3d_fullres"))
+    return root, env
+
+
+def _plans(env, name):
+    return json.loads((shutil.os.path.join(env["nnUNet_preprocessed"], name, "nnUNetPlans.json") and
+                       open(f"{env['nnUNet_preprocessed']}/{name}/nnUNetPlans.json").read()))
+
+
+def test_shared_topology_own_normalization(planned):
+    _, env = planned
+    a, b = _plans(env, NAMES[0]), _plans(env, NAMES[1])
+    for c in ("2d", "3d_fullres"):
+        assert plans_differences(a, b, c) == []
+        assert a["configurations"][c]["normalization_schemes"] == ["CTNormalization"]
+        assert b["configurations"][c]["normalization_schemes"] == ["ZScoreNormalization"]
+        assert max(a["configurations"][c]["architecture"]["arch_kwargs"]["features_per_stage"]) == 16
+        assert a["configurations"][c]["batch_size"] == 4
+    fp_b = json.load(open(f"{env['nnUNet_preprocessed']}/{NAMES[1]}/dataset_fingerprint.json"))
+    assert b["foreground_intensity_properties_per_channel"] == fp_b["foreground_intensity_properties_per_channel"]
+    assert a["foreground_intensity_properties_per_channel"] != b["foreground_intensity_properties_per_channel"]
+    assert b["dataset_name"] == NAMES[1]
+
+
+def test_pairing_record_both_ways(planned):
+    _, env = planned
+    a, b = _plans(env, NAMES[0]), _plans(env, NAMES[1])
+    assert read_pairing(a).partner == NAMES[1] and a[PAIRING_KEY]["role"] == "A"
+    assert read_pairing(b).partner == NAMES[0] and b[PAIRING_KEY]["role"] == "B"
+
+
+def test_both_preprocessed_with_own_dataset_json(planned):
+    _, env = planned
+    for name in NAMES:
+        base = f"{env['nnUNet_preprocessed']}/{name}"
+        assert shutil.os.path.isdir(f"{base}/nnUNetPlans_2d") and shutil.os.path.isdir(f"{base}/nnUNetPlans_3d_fullres")
+        ds = json.load(open(f"{base}/dataset.json"))
+        assert ds["channel_names"]["0"] == ("CT" if name == NAMES[0] else "MR")
+
+
+def test_rerun_is_safe_and_raw_untouched(planned, monkeypatch):
+    root, env = planned
+    raw_before = {p: p.stat().st_mtime_ns for p in (root / "nnUNet_raw").rglob("*") if p.is_file()}
+    set_env(env, monkeypatch)
+    plan_pair(str(IDS[0]), str(IDS[1]), ["2d"], max_features=16, batch_size=4, num_processes=1, verify=False,
+              log=lambda *a: None)
+    raw_after = {p: p.stat().st_mtime_ns for p in (root / "nnUNet_raw").rglob("*") if p.is_file()}
+    assert raw_before == raw_after
+    assert plans_differences(_plans(env, NAMES[0]), _plans(env, NAMES[1]), "2d") == []
+
+
+def test_partner_plans_is_pure():
+    a = {"dataset_name": "A", "image_reader_writer": "SimpleITKIO",
+         "foreground_intensity_properties_per_channel": {"0": {"mean": 1}},
+         "configurations": {"2d": {"normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+                                   "patch_size": [8, 8]}}}
+    b = partner_plans(a, "B", {"schemes": ["ZScoreNormalization"], "use_mask": [True]}, "NibabelIO",
+                      {"foreground_intensity_properties_per_channel": {"0": {"mean": 7}}})
+    assert a["configurations"]["2d"]["normalization_schemes"] == ["CTNormalization"]  # not mutated
+    assert b["configurations"]["2d"] == {"normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [True],
+                                         "patch_size": [8, 8]}
+    assert b["dataset_name"] == "B" and b["image_reader_writer"] == "NibabelIO"
+    assert b["foreground_intensity_properties_per_channel"] == {"0": {"mean": 7}}
+
+
+def test_shrink_plans():
+    plans = {"configurations": {"2d": {"batch_size": 12, "architecture": {"arch_kwargs": {
+        "features_per_stage": [32, 64, 128, 256]}}}}}
+    shrink_plans(plans, ["2d"], 64, 3)
+    assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 64, 64, 64]
+    assert plans["configurations"]["2d"]["batch_size"] == 3
+
+
+def _copy_raw(root, tmp_path):
+    raw = tmp_path / "nnUNet_raw"
+    shutil.copytree(root / "nnUNet_raw", raw)
+    return raw
+
+
+def _env(monkeypatch, tmp_path, raw):
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    (tmp_path / "pre").mkdir(exist_ok=True)
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+
+
+def test_refuses_different_labels(planned, tmp_path, monkeypatch):
+    root, _ = planned
+    raw = _copy_raw(root, tmp_path)
+    ds_file = raw / NAMES[1] / "dataset.json"
+    ds = json.loads(ds_file.read_text())
+    ds["labels"] = {"background": 0, "liver": 1, "organ_b": 2, "wall": 3, "cavity": 4}
+    ds_file.write_text(json.dumps(ds))
+    _env(monkeypatch, tmp_path, raw)
+    with pytest.raises(UserError, match="(?s)different label sets.*remap-labels"):
+        plan_pair(str(IDS[0]), str(IDS[1]), ["2d"], log=lambda *a: None)
+
+
+def test_refuses_different_channel_count(planned, tmp_path, monkeypatch):
+    root, _ = planned
+    raw = _copy_raw(root, tmp_path)
+    ds_file = raw / NAMES[1] / "dataset.json"
+    ds = json.loads(ds_file.read_text())
+    ds["channel_names"] = {"0": "T1", "1": "T2"}
+    ds_file.write_text(json.dumps(ds))
+    _env(monkeypatch, tmp_path, raw)
+    with pytest.raises(UserError, match="1 input channel.*2"):
+        plan_pair(str(IDS[0]), str(IDS[1]), ["2d"], log=lambda *a: None)
+
+
+def test_refuses_missing_dataset_and_same_dataset(planned, tmp_path, monkeypatch):
+    root, _ = planned
+    _env(monkeypatch, tmp_path, _copy_raw(root, tmp_path))
+    with pytest.raises(UserError, match="dataset 555 not found"):
+        plan_pair(str(IDS[0]), "555", ["2d"], log=lambda *a: None)
+    with pytest.raises(UserError, match="two different datasets"):
+        plan_pair(str(IDS[0]), NAMES[0], ["2d"], log=lambda *a: None)
+
+
+def test_refuses_unknown_configuration(planned, tmp_path, monkeypatch):
+    root, _ = planned
+    _env(monkeypatch, tmp_path, _copy_raw(root, tmp_path))
+    with pytest.raises(UserError, match="3d_lowres.*do not exist"):
+        plan_pair(str(IDS[0]), str(IDS[1]), ["3d_lowres"], num_processes=1, verify=False, log=lambda *a: None)
+
+
+def test_refuses_corrupt_label_values(planned, tmp_path, monkeypatch):
+    import SimpleITK as sitk
+    root, _ = planned
+    raw = _copy_raw(root, tmp_path)
+    label_file = sorted((raw / NAMES[1] / "labelsTr").glob("*.nii.gz"))[0]
+    img = sitk.ReadImage(str(label_file))
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, 0, 0] = 9
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(img)
+    sitk.WriteImage(bad, str(label_file))
+    _env(monkeypatch, tmp_path, raw)
+    with pytest.raises(UserError, match=f"{NAMES[1]} failed nnU-Net's integrity check"):
+        plan_pair(str(IDS[0]), str(IDS[1]), ["2d"], num_processes=1, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("var", ["nnUNet_raw", "nnUNet_preprocessed"])
+def test_refuses_unset_environment(var, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", "/nonexistent")
+    monkeypatch.setenv("nnUNet_preprocessed", "/nonexistent")
+    monkeypatch.delenv(var)
+    with pytest.raises(UserError, match=f"{var} is not set"):
+        plan_pair("1", "2", ["2d"], log=lambda *a: None)
