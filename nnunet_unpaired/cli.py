@@ -18,6 +18,7 @@ COMMANDS = {
     "env": ("nnunet_unpaired.registration", "print the export line(s) that let nnU-Net find this plugin's trainers"),
     "phantom": ("nnunet_unpaired.phantom", "write a synthetic CT-like + MR-like dataset pair in nnU-Net raw format"),
     "plan-pair": ("nnunet_unpaired.plan_pair", "plan and preprocess two datasets of one anatomy together"),
+    "remap-labels": ("nnunet_unpaired.remap_labels", "copy a raw dataset with renumbered labels (for pairing)"),
     "demo": ("nnunet_unpaired.demo", "phantom -> plan-pair -> train -> predict -> Dice table, end to end"),
     "convert": ("nnunet_unpaired.conversion.cli", "convert a public dataset (MM-WHS, CHAOS, BTCV, AMOS)"),
     "benchmark": ("nnunet_unpaired.benchmark.cli", "train and compare methods against vanilla nnU-Net"),
