@@ -207,3 +207,13 @@ def test_command_line_and_script(amos, btcv, tmp_path, capsys):
     done = subprocess.run([sys.executable, str(script), "--input", str(tmp_path / "missing"), "--output-root",
                            str(raw)], check=False, capture_output=True, text=True)
     assert done.returncode == 2 and "missing: folder not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_registered_as_nnunet_unpaired_convert(btcv, tmp_path, capsys):
+    from nnunet_unpaired.cli import main as top_level
+
+    raw = tmp_path / "raw"
+    assert top_level(["convert", "btcv", "--input", str(btcv[0]), "--output-root", str(raw), "--ids", "2"]) == 0
+    assert (raw / "Dataset705_BTCV" / "labelsTr" / "btcv_0002.nii.gz").is_file()
+    assert top_level(["convert", "btcv", "--input", str(tmp_path / "nowhere"), "--output-root", str(raw)]) == 2
+    assert "nnunet_unpaired convert: error:" in capsys.readouterr().err
