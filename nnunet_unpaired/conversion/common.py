@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import final
 
@@ -141,13 +141,6 @@ def natural_key(name: str) -> tuple:
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{path}: folder not found ({what}). Point --input at the unpacked archive that contains it.")
-    return path
-
-
-def require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found ({what}). Check the archive is complete or leave the case out "
-                        f"with --ids.")
     return path
 
 
@@ -498,10 +491,3 @@ def print_pair_command(ct_id: int | None, mr_id: int | None, how_to_get_missing:
         print(f"\nNext, plan and preprocess the pair:\n  nnunet_unpaired plan-pair -d {ct_id} {mr_id} -c 3d_fullres")
     elif how_to_get_missing:
         print(f"\nNo partner dataset with the same label protocol was found yet. {how_to_get_missing}")
-
-
-@dataclass
-class ConversionResult:
-    """What a converter wrote: dataset id -> folder."""
-
-    written: dict[int, Path] = field(default_factory=dict)
