@@ -45,3 +45,16 @@ def nnunet_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     monkeypatch.setenv("nnUNet_compile", "false")
     return dirs
+
+
+@pytest.fixture(scope="session")
+def planned_pair(tmp_path_factory):
+    """One phantom pair planned with plan-pair (2d and 3d_fullres, tiny network) for the whole session.
+
+    Returns ``(root, env)``; ``env`` holds the nnU-Net folder variables, the trainer registration and a tiny budget.
+    Tests that train must use their own trainer/fold so their model folders do not collide.
+    """
+    from pairs import make_planned_pair
+
+    root = tmp_path_factory.mktemp("planned_pair")
+    return root, make_planned_pair(root, num_train=5, num_test=2, configurations=("2d", "3d_fullres"))

@@ -9,19 +9,17 @@ from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.pairing import PAIRING_KEY, plans_differences, read_pairing
 from nnunet_unpaired.plan_pair import partner_plans, plan_pair, shrink_plans
 
-from pairs import IDS, NAMES, make_planned_pair, set_env
+from pairs import IDS, NAMES, set_env
 
 
-@pytest.fixture(scope="module")
-def planned(tmp_path_factory):
-    root = tmp_path_factory.mktemp("plan_pair")
-    env = make_planned_pair(root, num_train=5, num_test=1, configurations=("2d", "3d_fullres"))
-    return root, env
+@pytest.fixture
+def planned(planned_pair):
+    return planned_pair
 
 
 def _plans(env, name):
-    return json.loads((shutil.os.path.join(env["nnUNet_preprocessed"], name, "nnUNetPlans.json") and
-                       open(f"{env['nnUNet_preprocessed']}/{name}/nnUNetPlans.json").read()))
+    with open(f"{env['nnUNet_preprocessed']}/{name}/nnUNetPlans.json") as f:
+        return json.load(f)
 
 
 def test_shared_topology_own_normalization(planned):
@@ -59,8 +57,8 @@ def test_rerun_is_safe_and_raw_untouched(planned, monkeypatch):
     root, env = planned
     raw_before = {p: p.stat().st_mtime_ns for p in (root / "nnUNet_raw").rglob("*") if p.is_file()}
     set_env(env, monkeypatch)
-    plan_pair(str(IDS[0]), str(IDS[1]), ["2d"], max_features=16, batch_size=4, num_processes=1, verify=False,
-              log=lambda *a: None)
+    plan_pair(str(IDS[0]), str(IDS[1]), ["2d", "3d_fullres"], max_features=16, batch_size=4, num_processes=1,
+              verify=False, log=lambda *a: None)
     raw_after = {p: p.stat().st_mtime_ns for p in (root / "nnUNet_raw").rglob("*") if p.is_file()}
     assert raw_before == raw_after
     assert plans_differences(_plans(env, NAMES[0]), _plans(env, NAMES[1]), "2d") == []
