@@ -1,0 +1,190 @@
+"""MAML end to end on CPU: phantom -> plan -> nnUNetv2_train -tr nnUNetTrainerMAML -> nnUNetv2_predict with every
+channel -> nnunet_unpaired predict-missing with one channel file deleted. Plus the fast checks of predict-missing's
+input handling (bad channel requests, missing files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import bin_path
+from maml_helpers import dice_per_label, shrink_plans
+
+from nnunet_unpaired.cli import main
+from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.phantom_multichannel import write_multichannel_phantom
+from nnunet_unpaired.predict_missing import find_cases, parse_channels
+from nnunet_unpaired.registration import env_with_trainers
+
+DATASET_ID = 991
+NAME = "MultiChannelPhantom"
+CHANNELS = 3
+FOREGROUND = [1, 2, 3, 4]  # only_mod0, only_mod1, only_mod2, shared
+
+
+# ---------------------------------------------------------------- predict-missing input handling (fast)
+
+CHANNEL_NAMES = {"0": "T1", "1": "T2", "2": "FLAIR"}
+
+
+def test_parse_channels_accepts_indices_and_names():
+    assert parse_channels(["2", "0"], CHANNEL_NAMES) == (0, 2)
+    assert parse_channels(["flair", "T1", "0"], CHANNEL_NAMES) == (0, 2)
+
+
+@pytest.mark.parametrize("tokens", [["3"], ["T1ce"], ["-1"]])
+def test_parse_channels_refuses_unknown_channels(tokens):
+    with pytest.raises(UserError, match="does not exist.*0 \\(T1\\), 1 \\(T2\\), 2 \\(FLAIR\\)"):
+        parse_channels(tokens, CHANNEL_NAMES)
+
+
+def test_parse_channels_refuses_an_empty_request():
+    with pytest.raises(UserError, match="no channel left"):
+        parse_channels([], CHANNEL_NAMES)
+
+
+def _touch(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_find_cases_uses_the_files_present(tmp_path):
+    _touch(tmp_path, "a_0000.nii.gz", "a_0002.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz", "b_0002.nii.gz", "notes.txt")
+    cases = {c.case_id: c for c in find_cases(str(tmp_path), ".nii.gz", 3)}
+    assert cases["a"].available == (0, 2) and cases["a"].files[1].endswith("a_0002.nii.gz")
+    assert cases["b"].available == (0, 1, 2)
+
+
+def test_find_cases_with_available_ignores_other_channels_and_needs_the_named_files(tmp_path):
+    _touch(tmp_path, "a_0000.nii.gz", "a_0001.nii.gz", "a_0002.nii.gz", "b_0000.nii.gz")
+    with pytest.raises(UserError, match="case b: --available names channel 2 but .*b_0002.nii.gz does not exist"):
+        find_cases(str(tmp_path), ".nii.gz", 3, available=(0, 2))
+    (cases,) = find_cases(str(tmp_path / "."), ".nii.gz", 3, available=(0,))[:1]
+    assert cases.available == (0,) and len(cases.files) == 1
+
+
+def test_find_cases_refuses_channels_the_model_lacks_and_empty_folders(tmp_path):
+    _touch(tmp_path / "x", "a_0000.nii.gz", "a_0003.nii.gz")
+    with pytest.raises(UserError, match="channel 3 does not exist; the model has channels 0..2"):
+        find_cases(str(tmp_path / "x"), ".nii.gz", 3)
+    _touch(tmp_path / "empty", "readme.md")
+    with pytest.raises(UserError, match="no images named CASE_XXXX.nii.gz"):
+        find_cases(str(tmp_path / "empty"), ".nii.gz", 3)
+
+
+def test_cli_refuses_an_empty_available_list_and_a_missing_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict-missing", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path),
+              "--available"])
+    assert exit_info.value.code == 2
+    code = main(["predict-missing", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "nope"),
+                 "--available", "0"])
+    assert code == 2
+    assert "model folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- end to end (slow)
+
+
+def _run(args, env, timeout=400):
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    """A MAML model trained for a few iterations on the 3-channel phantom (fold 'all', 2d, tiny plans)."""
+    root = tmp_path_factory.mktemp("maml_e2e")
+    dirs = {name: root / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        d.mkdir()
+    env = env_with_trainers()
+    env.update({k: str(v) for k, v in dirs.items()})
+    env.update({"nnUNet_compile": "false", "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1"})
+    raw = write_multichannel_phantom(dirs["nnUNet_raw"], DATASET_ID, NAME, num_cases=4, num_test_cases=2,
+                                     num_channels=CHANNELS, seed=0)
+    # nnUNet_n_proc_DA=0 breaks the planner (torch.set_num_threads(0)), so planning runs with 1
+    _run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-npfp", "1", "-np", "1"], env)
+    shrink_plans(dirs["nnUNet_preprocessed"] / f"Dataset{DATASET_ID:03d}_{NAME}" / "nnUNetPlans.json", "2d",
+                 features=(16, 32, 64), batch_size=4)
+    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_unpaired_epochs": "3", "nnUNet_unpaired_iters": "40",
+                "nnUNet_unpaired_val_iters": "1", "nnUNet_unpaired_no_mirroring": "1",
+                "nnUNet_unpaired_maml_distill_weight": "0.5", "nnUNet_unpaired_maml_modality_dropout": "0.5"})
+    _run([bin_path("nnUNetv2_train"), str(DATASET_ID), "2d", "all", "-tr", "nnUNetTrainerMAML", "-device", "cpu"], env)
+    model = dirs["nnUNet_results"] / f"Dataset{DATASET_ID:03d}_{NAME}" / "nnUNetTrainerMAML__nnUNetPlans__2d"
+    return {"env": env, "raw": raw, "model": model}
+
+
+def _check_geometry_and_dice(prediction_folder: Path, raw: Path):
+    """Per test case: same geometry as the input image; Dice per foreground label against labelsTs."""
+    scores = {}
+    for label_file in sorted((raw / "labelsTs").iterdir()):
+        case = label_file.name[: -len(".nii.gz")]
+        predicted = sitk.ReadImage(str(prediction_folder / label_file.name))
+        image = sitk.ReadImage(str(raw / "imagesTs" / f"{case}_0000.nii.gz"))
+        assert predicted.GetSize() == image.GetSize()
+        assert np.allclose(predicted.GetSpacing(), image.GetSpacing())
+        assert np.allclose(predicted.GetOrigin(), image.GetOrigin())
+        assert np.allclose(predicted.GetDirection(), image.GetDirection())
+        scores[case] = dice_per_label(sitk.GetArrayFromImage(predicted), sitk.GetArrayFromImage(sitk.ReadImage(
+            str(label_file))), FOREGROUND)
+    return {label: float(np.mean([s[label] for s in scores.values()])) for label in FOREGROUND}
+
+
+@pytest.mark.slow
+def test_training_writes_a_plain_deployable_checkpoint_and_records_the_settings(trained_model):
+    checkpoint = torch.load(trained_model["model"] / "fold_all" / "checkpoint_final.pth", map_location="cpu",
+                            weights_only=False)
+    assert checkpoint["trainer_name"] == "nnUNetTrainerMAML"
+    assert {key.split(".")[0] for key in checkpoint["network_weights"]} == {"peers", "attention", "head"}
+    settings = json.loads((trained_model["model"] / "plans.json").read_text())["maml"]
+    assert settings == {"peer_width_factor": 0.5, "distillation_weight": 0.5, "distillation_temperature": 1.0,
+                        "modality_dropout": 0.5}
+
+
+@pytest.mark.slow
+def test_nnunet_predict_with_all_channels(trained_model, tmp_path):
+    env, raw = trained_model["env"], trained_model["raw"]
+    _run([bin_path("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "pred"),
+          "-d", str(DATASET_ID), "-c", "2d", "-f", "all", "-tr", "nnUNetTrainerMAML", "-device", "cpu",
+          "-npp", "1", "-nps", "1"], env)
+    dice = _check_geometry_and_dice(tmp_path / "pred", raw)
+    print("MAML all channels, Dice per label:", dice)
+    assert np.mean(list(dice.values())) > 0.2  # an all-background prediction scores 0
+
+
+@pytest.mark.slow
+def test_predict_missing_with_a_channel_file_deleted(trained_model, tmp_path):
+    env, raw = trained_model["env"], trained_model["raw"]
+    inputs = tmp_path / "inputs"
+    shutil.copytree(raw / "imagesTs", inputs)
+    for f in inputs.glob("*_0001.nii.gz"):
+        f.unlink()
+    result = _run([bin_path("nnunet_unpaired"), "predict-missing", "-i", str(inputs), "-o", str(tmp_path / "pred"),
+                   "-d", str(DATASET_ID), "-c", "2d", "-f", "all", "-device", "cpu", "-nps", "1"], env)
+    assert "from channel(s) 0 (mod0), 2 (mod2)" in result.stdout
+    record = json.loads((tmp_path / "pred" / "predict_missing.json").read_text())
+    assert record["available_per_case"] and all(v == [0, 2] for v in record["available_per_case"].values())
+    dice = _check_geometry_and_dice(tmp_path / "pred", raw)
+    print("MAML channel 1 missing, Dice per label:", dice)
+    assert np.mean(list(dice.values())) > 0.1  # an all-background prediction scores 0
+    assert dice[2] < 0.3  # only_mod1 is visible in channel 1 only: without it nothing can find it
+
+    # bad requests against the real model: a channel that does not exist, a named channel whose file is absent
+    bad = subprocess.run([bin_path("nnunet_unpaired"), "predict-missing", "-i", str(inputs), "-o",
+                          str(tmp_path / "bad"), "-d", str(DATASET_ID), "-c", "2d", "-f", "all", "-device", "cpu",
+                          "--available", "0", "5"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "channel '5' does not exist" in bad.stderr
+    bad = subprocess.run([bin_path("nnunet_unpaired"), "predict-missing", "-i", str(inputs), "-o",
+                          str(tmp_path / "bad"), "-d", str(DATASET_ID), "-c", "2d", "-f", "all", "-device", "cpu",
+                          "--available", "mod1"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "_0001.nii.gz does not exist" in bad.stderr
