@@ -75,12 +75,12 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        require_env("nnUNet_preprocessed", "nnUNet_results")  # nnU-Net itself fails with a TypeError without them
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_ddp:
             raise NotImplementedError(
                 f"{self.__class__.__name__} does not support multi-GPU (DDP) training: the partner-dataset loader and "
                 f"the two-dataset export are single-process. Train with one GPU (drop -num_gpus).")
-        require_env("nnUNet_preprocessed", "nnUNet_results")
         self.training_modules = nn.ModuleDict()
         self.dataloader_train_partner = self.dataloader_val_partner = None
         self._partner = self._load_partner(configuration, fold)
