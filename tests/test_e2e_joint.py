@@ -1,0 +1,104 @@
+"""End to end with nnU-Net's own commands: nnUNetv2_train -tr nnUNetTrainerUnpairedJoint, then nnUNetv2_predict for
+both modalities; geometry, Dice against all-background, strict load, clean worker shutdown, --c and --val."""
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_unpaired.benchmark.metrics import evaluate_folder
+from nnunet_unpaired.phantom import LABELS
+
+from pairs import IDS, NAMES, run
+
+pytestmark = pytest.mark.slow
+TRAINER = "nnUNetTrainerUnpairedJoint"
+FOLD = "4"
+
+
+def _processes_with(marker: str):
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def trained(planned_pair):
+    root, env = planned_pair
+    marker = f"nnunet_unpaired_test_{uuid.uuid4().hex}"
+    env = dict(env, nnUNet_unpaired_epochs="4", nnUNet_unpaired_iters="10", nnUNet_n_proc_DA="2",
+               NNUNET_UNPAIRED_TEST_MARKER=marker)
+    run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu"], env, timeout=900)
+    return root, env, marker
+
+
+def test_workers_stopped_after_training(trained):
+    _, _, marker = trained
+    assert _processes_with(marker) == [], "data-augmentation workers outlived nnUNetv2_train"
+
+
+def test_model_folders_for_both_datasets(trained):
+    _, env, _ = trained
+    for name in NAMES:
+        folder = Path(env["nnUNet_results"]) / name / f"{TRAINER}__nnUNetPlans__2d"
+        assert (folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file()
+        assert (folder / f"fold_{FOLD}" / "validation" / "summary.json").is_file()
+        assert load_json(folder / "plans.json")["dataset_name"] == name
+        checkpoint = torch.load(folder / f"fold_{FOLD}" / "checkpoint_final.pth", weights_only=False)
+        pm = PlansManager(load_json(folder / "plans.json"))
+        net = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("2d"), 1, len(LABELS), False)
+        net.load_state_dict(checkpoint["network_weights"], strict=True)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_predict_each_modality(trained, which, tmp_path):
+    root, env, _ = trained
+    name = NAMES[which]
+    images = root / "nnUNet_raw" / name / "imagesTs"
+    out = tmp_path / "pred"
+    run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(IDS[which]), "-c", "2d", "-f", FOLD,
+         "-tr", TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"], env)
+    for image in sorted(images.glob("*_0000.nii.gz")):
+        src = sitk.ReadImage(str(image))
+        pred = sitk.ReadImage(str(out / image.name.replace("_0000", "")))
+        assert pred.GetSize() == src.GetSize()
+        assert np.allclose(pred.GetSpacing(), src.GetSpacing()) and np.allclose(pred.GetOrigin(), src.GetOrigin())
+        assert np.allclose(pred.GetDirection(), src.GetDirection())
+    rows = evaluate_folder(out, root / "nnUNet_raw" / name / "labelsTs", {k: v for k, v in LABELS.items() if v})
+    mean_dice = np.nanmean([r["dice"] for r in rows])
+    # an all-background prediction scores Dice 0 on every structure present in the reference
+    assert mean_dice > 0.1, rows
+
+
+def test_continue_and_validate_again(trained):
+    _, env, _ = trained
+    more = dict(env, nnUNet_unpaired_epochs="5", nnUNet_n_proc_DA="0")
+    proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--c"], more)
+    assert "Epoch 4" in proc.stdout and "Epoch 3\n" not in proc.stdout
+    proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--val"], more)
+    assert f"Final validation of {NAMES[1]} (B)" in proc.stdout
+
+
+def test_unregistered_trainer_error_names_the_fix(planned_pair):
+    _, env = planned_pair
+    env = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
+    exe = Path(sys.executable).parent / "nnUNetv2_train"
+    proc = subprocess.run([str(exe), str(IDS[0]), "2d", "0", "-tr", TRAINER, "-device", "cpu"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "nnUNet_extTrainer" in proc.stderr + proc.stdout
