@@ -25,6 +25,11 @@ KINDS = ("single", "unpaired", "uda", "semi", "multichannel")
 FAMILY_MODULES: Tuple[str, ...] = (
     "nnunet_unpaired.training.vanilla",
     "nnunet_unpaired.training.unpaired_joint",
+    "nnunet_unpaired.training.eam",
+    "nnunet_unpaired.training.ummkd",
+    "nnunet_unpaired.training.maml",
+    "nnunet_unpaired.training.glua",
+    "nnunet_unpaired.training.cmc",
 )
 
 
@@ -55,7 +60,11 @@ def register(method: Method) -> Method:
 
 def load_all() -> Dict[str, Method]:
     for module in FAMILY_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a family that exists but fails to import is a real error
+                raise
     return dict(_REGISTRY)
 
 
