@@ -22,9 +22,11 @@ COMMANDS = {
     "demo": ("nnunet_unpaired.demo", "phantom -> plan-pair -> train -> predict -> Dice table, end to end"),
     "convert": ("nnunet_unpaired.conversion.cli", "convert a public dataset (MM-WHS, CHAOS, BTCV, AMOS)"),
     "benchmark": ("nnunet_unpaired.benchmark.cli", "train and compare methods against vanilla nnU-Net"),
-    "make-semisupervised": ("nnunet_unpaired.semisupervised", "copy a dataset with only N% of its training cases labelled"),
+    "make-semisupervised": ("nnunet_unpaired.semisupervised",
+                            "copy a dataset with only N% of its training cases labelled"),
     "translate": ("nnunet_unpaired.translate", "write target-like (style-transferred) source images as NIfTI + PNG"),
-    "predict-missing": ("nnunet_unpaired.predict_missing", "predict with a MAML model when some input channels are missing"),
+    "predict-missing": ("nnunet_unpaired.predict_missing",
+                        "predict with a MAML model when some input channels are missing"),
 }
 
 

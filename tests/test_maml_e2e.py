@@ -5,7 +5,6 @@ input handling (bad channel requests, missing files)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -96,7 +95,8 @@ def test_cli_refuses_an_empty_available_list_and_a_missing_model(tmp_path, capsy
 
 def _run(args, env, timeout=400):
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    command = " ".join(map(str, args))
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
@@ -179,12 +179,21 @@ def test_predict_missing_with_a_channel_file_deleted(trained_model, tmp_path):
     assert np.mean(list(dice.values())) > 0.1  # an all-background prediction scores 0
     assert dice[2] < 0.3  # only_mod1 is visible in channel 1 only: without it nothing can find it
 
-    # bad requests against the real model: a channel that does not exist, a named channel whose file is absent
-    bad = subprocess.run([bin_path("nnunet_unpaired"), "predict-missing", "-i", str(inputs), "-o",
-                          str(tmp_path / "bad"), "-d", str(DATASET_ID), "-c", "2d", "-f", "all", "-device", "cpu",
-                          "--available", "0", "5"], env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "channel '5' does not exist" in bad.stderr
-    bad = subprocess.run([bin_path("nnunet_unpaired"), "predict-missing", "-i", str(inputs), "-o",
-                          str(tmp_path / "bad"), "-d", str(DATASET_ID), "-c", "2d", "-f", "all", "-device", "cpu",
-                          "--available", "mod1"], env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "_0001.nii.gz does not exist" in bad.stderr
+
+@pytest.mark.slow
+def test_predict_missing_refuses_bad_requests_against_a_real_model(trained_model, tmp_path, monkeypatch, capsys):
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(name, trained_model["env"][name])  # restored afterwards, also if the command changes it
+    inputs = tmp_path / "inputs"
+    shutil.copytree(trained_model["raw"] / "imagesTs", inputs)
+    for f in inputs.glob("*_0001.nii.gz"):
+        f.unlink()
+    common = ["predict-missing", "-i", str(inputs), "-o", str(tmp_path / "out"), "-d", str(DATASET_ID), "-c", "2d",
+              "-f", "all", "-device", "cpu"]
+    assert main(common + ["--available", "0", "5"]) == 2
+    message = capsys.readouterr().err
+    assert "channel '5' does not exist; the model's channels are 0 (mod0), 1 (mod1), 2 (mod2)" in message
+    assert main(common + ["--available", "mod1"]) == 2
+    assert "--available names channel 1 but" in capsys.readouterr().err
+    assert main(common + ["-f", "0"]) == 2
+    assert "fold_0" in capsys.readouterr().err and not (tmp_path / "out").exists()

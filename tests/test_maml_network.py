@@ -125,7 +125,7 @@ def test_attention_maps_are_voxel_and_channel_wise_in_0_1(dim):
 
 
 def _by_hand(module: ModalityAwareAttention, features, available):
-    """fused = conv(concat of M/|S| F_i, zeros for missing); output = mean over S of sigmoid(branch_i[F_i, fused]) F_i."""
+    """fused = conv(concat of M/|S| F_i, zeros if missing); output = mean over S of sigmoid(branch_i[F_i, fused]) F_i"""
     m, s = module.num_modalities, len(available)
     stacked = torch.cat([features[i] * m / s if i in available else torch.zeros_like(features[0]) for i in range(m)], 1)
     fused = module.fusion(stacked)
