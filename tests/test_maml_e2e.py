@@ -18,7 +18,7 @@ from maml_helpers import dice_per_label, shrink_plans
 
 from nnunet_unpaired.cli import main
 from nnunet_unpaired.errors import UserError
-from nnunet_unpaired.phantom_multichannel import write_multichannel_phantom
+from nnunet_unpaired.phantom_multichannel import NOISE, make_case, visibility, write_multichannel_phantom
 from nnunet_unpaired.predict_missing import find_cases, parse_channels
 from nnunet_unpaired.registration import env_with_trainers
 
@@ -26,6 +26,47 @@ DATASET_ID = 991
 NAME = "MultiChannelPhantom"
 CHANNELS = 3
 FOREGROUND = [1, 2, 3, 4]  # only_mod0, only_mod1, only_mod2, shared
+
+
+# ---------------------------------------------------------------- the multi-channel phantom (fast)
+
+
+def test_phantom_structures_are_visible_only_in_their_channels():
+    assert visibility(3).tolist() == [[True, False, False], [False, True, False], [False, False, True],
+                                      [True, True, True]]
+    images, labels = make_case(np.random.default_rng([0, 0]), (4, 48, 48), 3)
+    assert images.shape == (3, 4, 48, 48) and set(np.unique(labels)) == {0, 1, 2, 3, 4}
+    body = images[0] != 0
+    for c in range(3):
+        tissue = images[c][body & (labels == 0)].mean()
+        for structure in range(4):
+            contrast = abs(images[c][labels == structure + 1].mean() - tissue)
+            if visibility(3)[structure, c]:
+                assert contrast > 3 * NOISE, (structure, c, contrast)
+            else:
+                assert contrast < NOISE / 3, (structure, c, contrast)  # same intensity as the tissue around it
+
+
+def test_phantom_writes_an_nnunet_raw_dataset_deterministically(tmp_path):
+    folder = write_multichannel_phantom(tmp_path, 7, "P", num_cases=2, shape=(2, 32, 32), num_channels=2, seed=3,
+                                        num_test_cases=1)
+    assert folder.name == "Dataset007_P"
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "mod0", "1": "mod1"} and dataset["numTraining"] == 2
+    assert dataset["labels"] == {"background": 0, "only_mod0": 1, "only_mod1": 2, "shared": 3}
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [
+        "P_000000_0000.nii.gz", "P_000000_0001.nii.gz", "P_000001_0000.nii.gz", "P_000001_0001.nii.gz"]
+    assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == ["P_100000.nii.gz"]
+    image = sitk.ReadImage(str(folder / "imagesTr" / "P_000001_0001.nii.gz"))
+    assert image.GetSize() == (32, 32, 2) and image.GetSpacing() == (1.0, 1.0, 3.0)
+    again = write_multichannel_phantom(tmp_path / "again", 7, "P", num_cases=2, shape=(2, 32, 32), num_channels=2,
+                                       seed=3)
+    second = sitk.ReadImage(str(again / "imagesTr" / "P_000001_0001.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(second))
+    with pytest.raises(UserError, match="exists already"):
+        write_multichannel_phantom(tmp_path, 7, "P")
+    with pytest.raises(ValueError, match="at least 2"):
+        write_multichannel_phantom(tmp_path, 8, "Q", num_channels=1)
 
 
 # ---------------------------------------------------------------- predict-missing input handling (fast)
@@ -116,7 +157,7 @@ def trained_model(tmp_path_factory):
     _run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-npfp", "1", "-np", "1"], env)
     shrink_plans(dirs["nnUNet_preprocessed"] / f"Dataset{DATASET_ID:03d}_{NAME}" / "nnUNetPlans.json", "2d",
                  features=(16, 32, 64), batch_size=4)
-    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_unpaired_epochs": "3", "nnUNet_unpaired_iters": "40",
+    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_unpaired_epochs": "3", "nnUNet_unpaired_iters": "60",
                 "nnUNet_unpaired_val_iters": "1", "nnUNet_unpaired_no_mirroring": "1",
                 "nnUNet_unpaired_maml_distill_weight": "0.5", "nnUNet_unpaired_maml_modality_dropout": "0.5"})
     _run([bin_path("nnUNetv2_train"), str(DATASET_ID), "2d", "all", "-tr", "nnUNetTrainerMAML", "-device", "cpu"], env)
