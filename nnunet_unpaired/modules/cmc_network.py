@@ -1,0 +1,197 @@
+"""The CMC network: nnU-Net's U-Net with a cross-modality fusion at the bottleneck.
+
+Source: Zhou, Sun, Deng, Chu, Dou, "Robust Semi-supervised Multimodal Medical Image Segmentation via Cross Modality
+Collaboration", MICCAI 2024 (arXiv 2408.07341); public code med-air/CMC (MIT).
+
+Structure, for a pair of inputs (one image of modality A, one of modality B):
+
+- ONE encoder shared by both modalities (the plan's encoder, ``PlainConvUNet`` or ``ResidualEncoderUNet``); its last
+  skip is the bottleneck ``r_m`` of modality m;
+- channel attention (:class:`~nnunet_unpaired.modules.channel_attention.ChannelAttention`, shared, as in the public
+  code) on each bottleneck: ``c_m = CA(r_m)``;
+- fusion ``f = sigmoid(block(block(concat(c_A, c_B))))``, ``block`` = 3x3(x3) convolution + normalization + ReLU;
+- per-modality head ``h_m = conv1x1(ReLU(norm(concat(f, r_m))))`` (back to the bottleneck width);
+- the plan's decoder, shared, on the encoder skips of modality m with ``h_m`` in place of the bottleneck.
+
+The network object holds modality A's head only. Modality B's head is a training-only module of the trainer
+(:class:`~nnunet_unpaired.training.cmc.nnUNetTrainerCMC`), passed to :meth:`CMCNetwork.forward_pair` during training
+and swapped into ``head`` for B's validation and export, so that each modality's deployed network has the same
+architecture and state-dict keys (``encoder.*``, ``decoder.*``, ``channel_attention.*``, ``fusion.*``, ``head.*``).
+
+One input (``forward``, what nnU-Net's predictor calls): the fusion gets the modality's own attended bottleneck in the
+partner's slot, ``f = fusion(c_m, c_m)`` (``single_input_fusion = "self"``, the default), or zeros
+(``single_input_fusion = "zero"``). Training can show the fusion this case (``self_fusion_mask`` of
+:meth:`CMCNetwork.forward_pair`), so that the deployed single-input path is not out of distribution. See docs/cmc.md
+for the measurements.
+
+Deviations from the public code (all documented in docs/cmc.md):
+
+- normalization of the fusion and head blocks is the plan's (InstanceNorm in nnU-Net) instead of BatchNorm /
+  GroupNorm: nnU-Net's batches are small (2 for 3D);
+- the head is modality-specific (the public code shares one 1x1 conversion between the modalities);
+- the bottleneck of B must have A's shape (plan-pair gives both datasets one patch size), where the public code
+  resamples B's bottleneck to A's;
+- no final softmax; nnU-Net's deep supervision outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Type, Union
+
+import torch
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from torch import nn
+
+from nnunet_unpaired.modules.channel_attention import ChannelAttention
+
+Output = Union[torch.Tensor, List[torch.Tensor]]
+SINGLE_INPUT_MODES = ("self", "zero")
+
+__all__ = ["CMCNetwork", "FusionBlock", "ModalityHead", "PairOutput", "SINGLE_INPUT_MODES", "build_cmc_network"]
+
+
+def _default_norm(conv_op: Type[nn.Module]) -> Type[nn.Module]:
+    return nn.InstanceNorm3d if conv_op is nn.Conv3d else nn.InstanceNorm2d
+
+
+class FusionBlock(nn.Module):
+    """``sigmoid(block(block(concat(a, b))))`` with ``block`` = conv (kernel 3) + norm + ReLU; C x 2 -> C channels."""
+
+    def __init__(self, channels: int, conv_op: Type[nn.Module], norm_op: Optional[Type[nn.Module]] = None,
+                 norm_op_kwargs: Optional[dict] = None) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        norm_op = norm_op or _default_norm(conv_op)
+        norm_op_kwargs = dict(norm_op_kwargs or {"eps": 1e-5, "affine": True})
+        self.layers = nn.Sequential(
+            conv_op(2 * channels, channels, kernel_size=3, padding=1), norm_op(channels, **norm_op_kwargs), nn.ReLU(),
+            conv_op(channels, channels, kernel_size=3, padding=1), norm_op(channels, **norm_op_kwargs), nn.ReLU())
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.layers(torch.cat((a, b), dim=1)))
+
+
+class ModalityHead(nn.Module):
+    """``conv1x1(ReLU(norm(concat(fused, own))))``: 2C -> C channels, the bottleneck the decoder reads."""
+
+    def __init__(self, channels: int, conv_op: Type[nn.Module], norm_op: Optional[Type[nn.Module]] = None,
+                 norm_op_kwargs: Optional[dict] = None) -> None:
+        super().__init__()
+        norm_op = norm_op or _default_norm(conv_op)
+        norm_op_kwargs = dict(norm_op_kwargs or {"eps": 1e-5, "affine": True})
+        self.layers = nn.Sequential(norm_op(2 * channels, **norm_op_kwargs), nn.ReLU(),
+                                    conv_op(2 * channels, channels, kernel_size=1))
+
+    def forward(self, fused: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.cat((fused, own), dim=1))
+
+
+@dataclass
+class PairOutput:
+    """What :meth:`CMCNetwork.forward_pair` returns: the two outputs (nnU-Net format) and the raw bottlenecks."""
+
+    output_a: Output
+    output_b: Output
+    bottleneck_a: torch.Tensor
+    bottleneck_b: torch.Tensor
+
+
+class CMCNetwork(nn.Module):
+    """Shared encoder/decoder, channel attention, fusion and modality A's head; see the module docstring.
+
+    Args:
+        unet: an nnU-Net architecture with ``encoder`` (returning the list of skips, bottleneck last) and ``decoder``
+            (taking that list), e.g. ``PlainConvUNet``.
+        norm_op, norm_op_kwargs: normalization of the fusion and head blocks (default: instance norm, affine).
+
+    Attribute set at run time (not in the state dict):
+        single_input_fusion: ``"self"`` (default) or ``"zero"``: what takes the partner's place in the fusion when
+            ``forward`` gets one modality.
+    """
+
+    def __init__(self, unet: nn.Module, norm_op: Optional[Type[nn.Module]] = None,
+                 norm_op_kwargs: Optional[dict] = None) -> None:
+        super().__init__()
+        if not (hasattr(unet, "encoder") and hasattr(unet, "decoder")):
+            raise ValueError(f"{type(unet).__name__} has no encoder/decoder pair; CMC needs an nnU-Net U-Net "
+                             f"(PlainConvUNet, ResidualEncoderUNet)")
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+        channels = int(self.encoder.output_channels[-1])
+        conv_op = self.encoder.conv_op
+        norm_op = norm_op or getattr(self.encoder, "norm_op", None)
+        norm_op_kwargs = norm_op_kwargs or getattr(self.encoder, "norm_op_kwargs", None)
+        self.channel_attention = ChannelAttention()
+        self.fusion = FusionBlock(channels, conv_op, norm_op, norm_op_kwargs)
+        self.head = ModalityHead(channels, conv_op, norm_op, norm_op_kwargs)
+        self.single_input_fusion = "self"
+
+    @property
+    def bottleneck_channels(self) -> int:
+        return int(self.encoder.output_channels[-1])
+
+    def new_head(self) -> ModalityHead:
+        """An independent copy of this head (same layers, same initial values), e.g. for the partner modality."""
+        return copy.deepcopy(self.head)
+
+    def _decode(self, skips: Sequence[torch.Tensor], bottleneck: torch.Tensor) -> Output:
+        return self.decoder([*skips[:-1], bottleneck])
+
+    def forward(self, x: torch.Tensor) -> Output:
+        """Single-modality prediction (the deployed network): the fusion sees this modality only."""
+        if self.single_input_fusion not in SINGLE_INPUT_MODES:
+            raise ValueError(f"single_input_fusion must be one of {SINGLE_INPUT_MODES}, got "
+                             f"{self.single_input_fusion!r}")
+        skips = self.encoder(x)
+        own = skips[-1]
+        attended = self.channel_attention(own)
+        partner = attended if self.single_input_fusion == "self" else torch.zeros_like(attended)
+        return self._decode(skips, self.head(self.fusion(attended, partner), own))
+
+    def forward_pair(self, x_a: torch.Tensor, x_b: torch.Tensor, head_b: nn.Module,
+                     self_fusion_mask: Optional[torch.Tensor] = None) -> PairOutput:
+        """Training forward of a batch of A and a batch of B through the cross-modal fusion.
+
+        Args:
+            x_a, x_b: batches of modality A and B of the same shape (the samples need not show the same patient).
+            head_b: modality B's head (a :class:`ModalityHead`; A's is ``self.head``).
+            self_fusion_mask: optional bool tensor (batch,); where True, that sample's fusion gets its own modality in
+                both slots (the single-input case) instead of the cross-modal pair.
+
+        Returns:
+            :class:`PairOutput` with both outputs (lists with deep supervision) and the raw bottlenecks (before channel
+            attention), which CMC's channel-wise semantic consistency compares.
+        """
+        if x_a.shape[0] != x_b.shape[0] or x_a.shape[2:] != x_b.shape[2:]:
+            raise ValueError(f"the batches of A and B must have the same size and patch shape, got "
+                             f"{tuple(x_a.shape)} and {tuple(x_b.shape)}")
+        skips_a, skips_b = self.encoder(x_a), self.encoder(x_b)
+        raw_a, raw_b = skips_a[-1], skips_b[-1]
+        att_a, att_b = self.channel_attention(raw_a), self.channel_attention(raw_b)
+        fused_a = fused_b = self.fusion(att_a, att_b)
+        if self_fusion_mask is not None and bool(self_fusion_mask.any()):
+            if self_fusion_mask.shape != (x_a.shape[0],):
+                raise ValueError(f"self_fusion_mask must have shape ({x_a.shape[0]},), got "
+                                 f"{tuple(self_fusion_mask.shape)}")
+            mask = self_fusion_mask.to(fused_a.device).view(-1, *[1] * (fused_a.dim() - 1))
+            fused_a = torch.where(mask, self.fusion(att_a, att_a), fused_a)
+            fused_b = torch.where(mask, self.fusion(att_b, att_b), fused_b)
+        out_a = self._decode(skips_a, self.head(fused_a, raw_a))
+        out_b = self._decode(skips_b, head_b(fused_b, raw_b))
+        return PairOutput(out_a, out_b, raw_a, raw_b)
+
+
+def build_cmc_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
+                      num_input_channels: int, num_classes: int, deep_supervision: bool = True) -> CMCNetwork:
+    """The CMC network around the plan's U-Net (``configuration_manager.network_arch_class_name`` etc.)."""
+    unet = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, num_input_channels,
+                                  num_classes, allow_init=True, deep_supervision=deep_supervision)
+    network = CMCNetwork(unet)
+    init = InitWeights_He(1e-2)
+    network.fusion.apply(init)
+    network.head.apply(init)
+    return network
