@@ -8,17 +8,30 @@ benchmark baseline) reads these variables; when none is set, nnU-Net's defaults 
 - ``nnUNet_unpaired_iters``: training iterations per epoch (default 250)
 - ``nnUNet_unpaired_val_iters``: validation iterations per epoch (default 50)
 - ``nnUNet_unpaired_no_mirroring=1``: no mirroring augmentation and no mirroring at test time
+- ``nnUNet_unpaired_timing_file=PATH``: time every training iteration and write, when training ends, a JSON file
+  with the per-iteration seconds and the peak memory (used by the benchmark's cost table; see :data:`ENV_TIMING`)
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Dict, Optional
+import resource
+import time
+from typing import Dict, List, Optional
 
 ENV_EPOCHS = "nnUNet_unpaired_epochs"
 ENV_ITERS = "nnUNet_unpaired_iters"
 ENV_VAL_ITERS = "nnUNet_unpaired_val_iters"
 ENV_NO_MIRRORING = "nnUNet_unpaired_no_mirroring"
+#: When set, every training iteration is timed and written to this JSON file at the end of training, with keys
+#: ``iteration_seconds`` (one value per iteration: wall time from the end of the previous training step, or from the
+#: start of the epoch, to the end of this one, so data loading, forward, backward and optimizer step all count; on
+#: CUDA the device is synchronized before each reading), ``epochs`` (the epoch of each value),
+#: ``peak_memory_mib`` and ``peak_memory_kind`` (``cuda_max_memory_allocated``: ``torch.cuda.max_memory_allocated``
+#: of the training device; ``process_peak_rss``: peak resident memory of the training process from
+#: ``resource.getrusage``, data-augmentation worker processes not included), ``device`` and ``trainer``.
+ENV_TIMING = "nnUNet_unpaired_timing_file"
 
 _ATTRIBUTES = {ENV_EPOCHS: "num_epochs", ENV_ITERS: "num_iterations_per_epoch", ENV_VAL_ITERS: "num_val_iterations_per_epoch"}
 
@@ -45,11 +58,28 @@ def mirroring_disabled() -> bool:
     return os.environ.get(ENV_NO_MIRRORING, "0").strip().lower() in ("1", "true", "yes")
 
 
-class BudgetMixin:
-    """Put first in the bases of a trainer: applies :func:`budget_from_env` and the mirroring switch."""
+def _peak_memory(device) -> Dict[str, object]:
+    import torch
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2 ** 20,
+                "peak_memory_kind": "cuda_max_memory_allocated"}
+    # Linux reports ru_maxrss in KiB (macOS in bytes)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_memory_mib": rss / (2 ** 20 if os.uname().sysname == "Darwin" else 2 ** 10),
+            "peak_memory_kind": "process_peak_rss"}
+
+
+class BudgetMixin:
+    """Put first in the bases of a trainer: applies :func:`budget_from_env` and the mirroring switch, and times the
+    training iterations when :data:`ENV_TIMING` is set."""
+
+    # nnU-Net records the init arguments by introspecting ``self.__init__``'s signature, so a trainer that inherits
+    # this ``__init__`` (nnUNetTrainerVanilla) needs nnU-Net's exact parameter names here, not ``*args, **kwargs``
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device=None):
+        import torch
+
+        super().__init__(plans, configuration, fold, dataset_json, torch.device("cuda") if device is None else device)
         overrides = budget_from_env()
         for attr, value in overrides.items():
             setattr(self, attr, value)
@@ -65,3 +95,51 @@ class BudgetMixin:
             mirror_axes = None
             self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    # ------------------------------------------------------------------------------------------ iteration timing
+    def on_train_start(self):
+        super().on_train_start()
+        self._timing_file = os.environ.get(ENV_TIMING, "").strip() or None
+        if self._timing_file:
+            self._iteration_seconds: List[float] = []
+            self._iteration_epochs: List[int] = []
+            self._timing_last = time.perf_counter()
+            # an instance attribute shadows the class's train_step, so this wraps the most derived override too
+            # (subclasses such as the joint trainer replace train_step without calling super())
+            untimed = self.train_step
+
+            def timed_train_step(batch):
+                result = untimed(batch)
+                self._timing_sync()
+                now = time.perf_counter()
+                self._iteration_seconds.append(now - self._timing_last)
+                self._iteration_epochs.append(int(self.current_epoch))
+                self._timing_last = now
+                return result
+
+            self.train_step = timed_train_step
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if getattr(self, "_timing_file", None):
+            self._timing_sync()
+            self._timing_last = time.perf_counter()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if getattr(self, "_timing_file", None) and self.local_rank == 0:
+            record = {"trainer": self.__class__.__name__, "device": str(self.device),
+                      "iteration_seconds": self._iteration_seconds, "epochs": self._iteration_epochs,
+                      **_peak_memory(self.device)}
+            folder = os.path.dirname(os.path.abspath(self._timing_file))
+            os.makedirs(folder, exist_ok=True)
+            tmp = f"{self._timing_file}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, self._timing_file)
+
+    def _timing_sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
