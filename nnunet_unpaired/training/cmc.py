@@ -1,0 +1,306 @@
+"""``nnUNetTrainerCMC``: semi-supervised two-modality segmentation by cross-modality collaboration.
+
+Source: Zhou, Sun, Deng, Chu, Dou, "Robust Semi-supervised Multimodal Medical Image Segmentation via Cross Modality
+Collaboration", MICCAI 2024 (arXiv 2408.07341); public code med-air/CMC (MIT).
+
+Started like every unpaired trainer of this package on dataset A with partner B from ``nnunet_unpaired plan-pair``,
+where both datasets mark their unlabelled training cases with all-ignore label maps (see
+:mod:`nnunet_unpaired.semisupervised`; ``nnunet_unpaired make-semisupervised`` writes such copies). Each step draws
+four batches: labelled A, labelled B, unlabelled A, unlabelled B (each from its own nnU-Net data loader over the
+training split of the fold, with nnU-Net's augmentation), and minimizes
+
+    seg(A) + seg(B) + w_csc(t) CSC(r_A^u, r_B^u) + w_cac(t) CAC(P_A^u, P_B^u)
+
+- seg: nnU-Net's Dice + CE with deep supervision on the labelled pair, through the cross-modal fusion of
+  :class:`~nnunet_unpaired.modules.cmc_network.CMCNetwork` (a share ``self_fusion_prob`` of the samples fuse with
+  themselves, the single-input case the deployed network meets);
+- CSC on the raw bottlenecks r^u, CAC on the softmax outputs P^u of the unlabelled pair
+  (:mod:`nnunet_unpaired.losses.cross_modal_consistency`), in training mode and with gradients (the public code ran
+  this pass under ``no_grad`` in eval mode, so these terms trained nothing);
+- ``w_csc(t) = csc_weight * exp(-5 (1 - t / T)^2)`` (warm-up), ``w_cac(t) = cac_weight * (cos(pi t / T) + 1) / 2``
+  (ramp-down), t the epoch, T the number of epochs, as in the public code.
+
+Deployed: one plain CMC network per modality (shared weights, that modality's head), written to A's and B's model
+folders; ``nnUNetv2_predict -d A`` or ``-d B`` predicts from ONE image, the fusion taking the modality's own bottleneck
+in the partner's place (see :mod:`nnunet_unpaired.modules.cmc_network` and docs/cmc.md). Modality B's head is a
+training-only module, saved under the checkpoint's ``nnunet_unpaired`` key.
+
+Settings (nnU-Net fixes ``__init__``'s signature). Each comes from, in this order: the environment variable, the
+top-level plans key ``"cmc"`` (e.g. ``"cmc": {"csc_weight": 0.5}``), the class attribute (variant classes override
+it). The resolved values are written into the plans under ``"cmc"``, so both model folders' plans.json record them.
+Set the same variables again for ``--c`` and ``--val``.
+
+===================  =======================================  =======  ================================================
+setting              environment variable                     default  meaning
+===================  =======================================  =======  ================================================
+csc_weight           nnUNet_unpaired_cmc_csc_weight           1.0      weight of CSC at the end of its warm-up
+cac_weight           nnUNet_unpaired_cmc_cac_weight           1.0      weight of CAC at the start of its ramp-down
+csc_temperature      nnUNet_unpaired_cmc_temperature          0.5      NT-Xent temperature of CSC
+csc_descriptor       nnUNet_unpaired_cmc_csc_descriptor       gram     ``gram`` (misalignment-invariant) or ``spatial``
+cac_mode             nnUNet_unpaired_cmc_cac_mode             pooled   ``pooled`` (class composition) or ``voxel``
+self_fusion_prob     nnUNet_unpaired_cmc_self_fusion          0.5      share of labelled samples fused with themselves
+===================  =======================================  =======  ================================================
+
+With both weights 0 the unlabelled pass is skipped (joint training of the fusion network on the labelled cases).
+Not supported (raise at start): multi-GPU DDP (the base class), region-based labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunet_unpaired.benchmark.registry import Method, register
+from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.losses.cross_modal_consistency import (CAC_MODES, CSC_DESCRIPTORS, AnatomicalConsistencyLoss,
+                                                            ChannelSemanticConsistencyLoss)
+from nnunet_unpaired.losses.ramps import cosine_rampdown, warmup_ramp
+from nnunet_unpaired.modules.cmc_network import CMCNetwork, build_cmc_network
+from nnunet_unpaired.semisupervised import split_labelled
+from nnunet_unpaired.training.unpaired_joint import nnUNetTrainerUnpairedJoint
+
+PLANS_KEY = "cmc"
+PARTNER_HEAD = "partner_head"
+_CUDA = torch.device("cuda")  # nnU-Net's default device, as in nnUNetTrainer.__init__
+
+# name -> (environment variable, parser, check, what the check expects)
+SETTINGS = {
+    "csc_weight": ("nnUNet_unpaired_cmc_csc_weight", float, lambda v: v >= 0, "a number >= 0"),
+    "cac_weight": ("nnUNet_unpaired_cmc_cac_weight", float, lambda v: v >= 0, "a number >= 0"),
+    "csc_temperature": ("nnUNet_unpaired_cmc_temperature", float, lambda v: v > 0, "a number > 0"),
+    "csc_descriptor": ("nnUNet_unpaired_cmc_csc_descriptor", str, lambda v: v in CSC_DESCRIPTORS,
+                       f"one of {CSC_DESCRIPTORS}"),
+    "cac_mode": ("nnUNet_unpaired_cmc_cac_mode", str, lambda v: v in CAC_MODES, f"one of {CAC_MODES}"),
+    "self_fusion_prob": ("nnUNet_unpaired_cmc_self_fusion", float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+}
+
+
+def resolve_settings(defaults: Mapping[str, object], plans: Mapping, environ: Mapping[str, str]) -> Dict[str, object]:
+    """The CMC settings: environment variable, else ``plans["cmc"][name]``, else ``defaults[name]``; validated.
+
+    Raises:
+        ValueError: naming the setting, where its value came from, and what it must be.
+    """
+    from_plans = plans.get(PLANS_KEY) or {}
+    settings = {}
+    for name, (variable, parse, check, expected) in SETTINGS.items():
+        raw = environ.get(variable, "").strip()
+        source, value = (variable, raw) if raw else (f'plans["{PLANS_KEY}"]["{name}"]', from_plans.get(name))
+        if value is None:
+            source, value = f"the default of {name}", defaults[name]
+        try:
+            parsed = parse(value)
+            valid = check(parsed)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"CMC setting {name} from {source} is {value!r}; it must be {expected}")
+        settings[name] = parsed
+    return settings
+
+
+def _finish(loader) -> None:
+    if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
+        loader._finish()
+
+
+def _highest_resolution(output):
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
+    """Cross-modality collaboration (Zhou et al., MICCAI 2024) for nnU-Net; see the module docstring."""
+
+    csc_weight: float = 1.0
+    cac_weight: float = 1.0
+    csc_temperature: float = 0.5
+    csc_descriptor: str = "gram"
+    cac_mode: str = "pooled"
+    self_fusion_prob: float = 0.5
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = _CUDA):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.label_manager.has_regions:
+            raise NotImplementedError(f"{self.__class__.__name__} does not support region-based labels (CMC's "
+                                      f"anatomical consistency compares softmax class probabilities)")
+        settings = resolve_settings({name: getattr(self, name) for name in SETTINGS}, self.plans_manager.plans,
+                                    os.environ)
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self.plans_manager.plans[PLANS_KEY] = dict(settings)
+        self._partner["plans_manager"].plans[PLANS_KEY] = dict(settings)
+        self.csc_loss = ChannelSemanticConsistencyLoss(self.csc_temperature, self.csc_descriptor)
+        self.cac_loss = AnatomicalConsistencyLoss(self.cac_mode)
+        self.dataloader_unlabelled = self.dataloader_unlabelled_partner = None
+        self._case_subset: Optional[str] = None
+        self._case_groups: Dict[str, Tuple[List[str], List[str]]] = {}
+        self._unlabelled_pair: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self.print_to_log_file(f"{self.__class__.__name__} settings: {settings}", also_print_to_console=True)
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return build_cmc_network(configuration_manager.network_arch_class_name,
+                                 configuration_manager.network_arch_init_kwargs,
+                                 configuration_manager.network_arch_init_kwargs_req_import,
+                                 num_input_channels, num_output_channels, enable_deep_supervision)
+
+    def cmc_network(self) -> CMCNetwork:
+        return self._plain_network()
+
+    @property
+    def partner_head(self) -> Optional[nn.Module]:
+        return self.training_modules[PARTNER_HEAD] if PARTNER_HEAD in self.training_modules else None
+
+    @property
+    def uses_unlabelled(self) -> bool:
+        return self.csc_weight > 0 or self.cac_weight > 0
+
+    # ------------------------------------------------------------------------------------- partner head, export
+    def build_training_modules(self) -> Dict[str, nn.Module]:
+        return {**super().build_training_modules(), PARTNER_HEAD: self.cmc_network().new_head()}
+
+    @torch.no_grad()
+    def _swap_heads(self) -> None:
+        if self.partner_head is None:
+            return
+        own = list(self.cmc_network().head.state_dict(keep_vars=True).values())
+        other = list(self.partner_head.state_dict(keep_vars=True).values())
+        for a, b in zip(own, other):
+            kept = a.detach().clone()
+            a.copy_(b)
+            b.copy_(kept)
+
+    @contextlib.contextmanager
+    def as_partner(self):
+        """Dataset B's view (see the base class), with B's head in the network for validation and prediction."""
+        with super().as_partner():
+            self._swap_heads()
+            try:
+                yield
+            finally:
+                self._swap_heads()
+
+    def partner_network_weights(self) -> Dict[str, torch.Tensor]:
+        weights = dict(super().partner_network_weights())
+        if self.partner_head is not None:
+            weights.update({f"head.{k}": v for k, v in self.partner_head.state_dict().items()})
+        return weights
+
+    # ------------------------------------------------------------------------------ labelled / unlabelled loaders
+    def _labelled_and_unlabelled(self, dataset_tr) -> Tuple[List[str], List[str]]:
+        name = self.plans_manager.dataset_name
+        if name not in self._case_groups:
+            labelled, unlabelled = split_labelled(dataset_tr, list(dataset_tr.identifiers), self.label_manager)
+            if not labelled:
+                raise UserError(
+                    f"{name}: the training split of fold {self.fold} has no labelled case (all "
+                    f"{len(unlabelled)} are entirely the ignore label). Train fold 'all', choose a fold whose training "
+                    f"cases include a labelled one, or label more cases (make-semisupervised --percent).")
+            self._case_groups[name] = (labelled, unlabelled)
+            self.print_to_log_file(
+                f"{name}: {len(labelled)} labelled and {len(unlabelled)} unlabelled training cases"
+                + ("" if unlabelled else "; the unlabelled terms use all training cases"), also_print_to_console=True)
+        return self._case_groups[name]
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        if self._case_subset is None:
+            return dataset_tr, dataset_val
+        labelled, unlabelled = self._labelled_and_unlabelled(dataset_tr)
+        keys = labelled if self._case_subset == "labelled" else (unlabelled or labelled)
+        subset = self.dataset_class(self.preprocessed_dataset_folder, keys,
+                                    folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+        return subset, dataset_val
+
+    def _training_loader_only(self):
+        loader_tr, loader_val = nnUNetTrainer.get_dataloaders(self)
+        _finish(loader_val)
+        return loader_tr
+
+    def get_dataloaders(self):
+        """Labelled training loaders for A and B (the base class's pair), plus unlabelled ones for A and B."""
+        try:
+            self._case_subset = "labelled"
+            loaders = super().get_dataloaders()
+            if self.uses_unlabelled:
+                self._case_subset = "unlabelled"
+                self.dataloader_unlabelled = self._training_loader_only()
+                with self.as_partner():
+                    self.dataloader_unlabelled_partner = self._training_loader_only()
+        finally:
+            self._case_subset = None
+        return loaders
+
+    def on_train_end(self):
+        super().on_train_end()
+        for loader in (self.dataloader_unlabelled, self.dataloader_unlabelled_partner):
+            _finish(loader)
+
+    # ------------------------------------------------------------------------------------------------ losses
+    def consistency_weights(self, epoch: float) -> Tuple[float, float]:
+        """``(w_csc, w_cac)`` at ``epoch``: CSC warms up and CAC ramps down over the whole training."""
+        return (self.csc_weight * warmup_ramp(epoch, self.num_epochs),
+                self.cac_weight * cosine_rampdown(epoch, self.num_epochs))
+
+    def train_step(self, batch: dict) -> dict:
+        if self.uses_unlabelled:
+            loaders = (self.dataloader_unlabelled, self.dataloader_unlabelled_partner)
+            self._unlabelled_pair = tuple(next(loader)["data"].to(self.device, non_blocking=True) for loader in loaders)
+        try:
+            return super().train_step(batch)
+        finally:
+            self._unlabelled_pair = None
+
+    def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
+        network, head_b = self.cmc_network(), self.partner_head
+        mask = None
+        if self.self_fusion_prob > 0:
+            mask = torch.rand(data_a.shape[0], device=data_a.device) < self.self_fusion_prob
+        labelled = network.forward_pair(data_a, data_b, head_b, mask)
+        terms = {"seg_A": self.loss(labelled.output_a, target_a), "seg_B": self.loss(labelled.output_b, target_b)}
+        total = terms["seg_A"] + terms["seg_B"]
+        if self.uses_unlabelled:
+            if self._unlabelled_pair is None:
+                raise RuntimeError("compute_losses needs the unlabelled batches that train_step draws")
+            unlabelled = network.forward_pair(*self._unlabelled_pair, head_b)
+            w_csc, w_cac = self.consistency_weights(self.current_epoch)
+            csc = self.csc_loss(unlabelled.bottleneck_a, unlabelled.bottleneck_b)
+            cac = self.cac_loss(torch.softmax(_highest_resolution(unlabelled.output_a).float(), 1),
+                                torch.softmax(_highest_resolution(unlabelled.output_b).float(), 1))
+            terms.update({"csc": w_csc * csc, "cac": w_cac * cac, "csc_unweighted": csc.detach(),
+                          "cac_unweighted": cac.detach(), "w_csc": torch.tensor(w_csc), "w_cac": torch.tensor(w_cac)})
+            total = total + terms["csc"] + terms["cac"]
+        terms["loss"] = total
+        return terms
+
+
+class nnUNetTrainerCMCPublicForm(nnUNetTrainerCMC):
+    """The public code's loss forms (defects fixed): voxel-wise CSC descriptors and CAC, no self-fusion training.
+
+    For aligned (paired) data and for comparison in the misalignment experiments."""
+
+    csc_descriptor = "spatial"
+    cac_mode = "voxel"
+    self_fusion_prob = 0.0
+
+
+class nnUNetTrainerCMCNoSelfFusion(nnUNetTrainerCMC):
+    """CMC whose fusion never sees the single-input case in training (for the single-modality measurement)."""
+
+    self_fusion_prob = 0.0
+
+
+register(Method("cmc", "nnUNetTrainerCMC", "semi",
+                "semi-supervised cross-modality collaboration: shared encoder, bottleneck fusion, CSC + CAC on "
+                "unlabelled cases; predicts from one modality"))

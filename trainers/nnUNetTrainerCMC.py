@@ -1,0 +1,5 @@
+from nnunet_unpaired.training.cmc import (  # noqa: F401
+    nnUNetTrainerCMC,
+    nnUNetTrainerCMCNoSelfFusion,
+    nnUNetTrainerCMCPublicForm,
+)
