@@ -1,4 +1,4 @@
-"""make-semisupervised: seeded choice, ignore label, all-ignore label maps, untouched source, refusals, nnU-Net check."""
+"""make-semisupervised: seeded choice, ignore label, all-ignore label maps, untouched source, refusals, nnU-Net."""
 
 import hashlib
 import json
