@@ -149,6 +149,9 @@ def predict_missing(model_folder: str, input_folder: str, output_folder: str,
 
     Args: see ``nnunet_unpaired predict-missing --help``; ``available`` takes indices or channel names.
 
+    Side effect: adds this plugin's trainer folder to ``nnUNet_extTrainer`` in ``os.environ`` (the predictor looks the
+    trainer class up by the name stored in the checkpoint).
+
     Raises:
         UserError: missing model or checkpoint, a model not trained with nnUNetTrainerMAML, bad channels or files.
     """

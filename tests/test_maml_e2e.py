@@ -150,7 +150,9 @@ def trained_model(tmp_path_factory):
         d.mkdir()
     env = env_with_trainers()
     env.update({k: str(v) for k, v in dirs.items()})
-    env.update({"nnUNet_compile": "false", "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1"})
+    # OMP_WAIT_POLICY=PASSIVE: on a shared, busy CPU spinning OpenMP threads made a training step 10-100x slower
+    env.update({"nnUNet_compile": "false", "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1",
+                "OMP_WAIT_POLICY": "PASSIVE"})
     raw = write_multichannel_phantom(dirs["nnUNet_raw"], DATASET_ID, NAME, num_cases=4, num_test_cases=2,
                                      num_channels=CHANNELS, seed=0)
     # nnUNet_n_proc_DA=0 breaks the planner (torch.set_num_threads(0)), so planning runs with 1
@@ -159,7 +161,8 @@ def trained_model(tmp_path_factory):
                  features=(16, 32, 64), batch_size=4)
     env.update({"nnUNet_n_proc_DA": "0", "nnUNet_unpaired_epochs": "3", "nnUNet_unpaired_iters": "60",
                 "nnUNet_unpaired_val_iters": "1", "nnUNet_unpaired_no_mirroring": "1",
-                "nnUNet_unpaired_maml_distill_weight": "0.5", "nnUNet_unpaired_maml_modality_dropout": "0.5"})
+                "nnUNet_unpaired_maml_distill_weight": "0.5", "nnUNet_unpaired_maml_modality_dropout": "0.5",
+                "nnUNet_unpaired_maml_width": "", "nnUNet_unpaired_maml_distill_temperature": ""})
     _run([bin_path("nnUNetv2_train"), str(DATASET_ID), "2d", "all", "-tr", "nnUNetTrainerMAML", "-device", "cpu"], env)
     model = dirs["nnUNet_results"] / f"Dataset{DATASET_ID:03d}_{NAME}" / "nnUNetTrainerMAML__nnUNetPlans__2d"
     return {"env": env, "raw": raw, "model": model}

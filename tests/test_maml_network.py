@@ -283,3 +283,24 @@ def test_trainer_refuses_a_single_channel_dataset():
                     "file_ending": ".nii.gz"}
     with pytest.raises(UserError, match="at least 2 co-registered input channels.*has 1"):
         nnUNetTrainerMAML(tiny_plans(2), "2d", 0, dataset_json, torch.device("cpu"))
+
+
+def test_trainer_glue_loss_reads_the_peers_and_deep_supervision_switch(nnunet_dirs, monkeypatch):
+    monkeypatch.setenv("nnUNet_unpaired_maml_distill_weight", "0.5")
+    dataset_json = {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "a": 1, "b": 2},
+                    "numTraining": 1, "file_ending": ".nii.gz"}
+    plans = tiny_plans(2, extra={"continue_training": False})  # nnUNetv2_train adds this key
+    trainer = nnUNetTrainerMAML(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    assert trainer.distillation_weight == 0.5 and plans["maml"]["distillation_weight"] == 0.5
+    trainer.network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 2,
+                                                         NUM_CLASSES, True)
+    trainer.maml_network().keep_peer_outputs = True
+    loss = trainer._build_loss()
+    x = _input(2, 2)
+    target = [torch.randint(0, NUM_CLASSES, (2, 1, s, s)).float() for s in (16, 8)]
+    total = loss(trainer.network(x), target)
+    terms = loss.mutual.last_terms
+    torch.testing.assert_close(total, terms["seg_fused"] + terms["seg_peers"] + 0.5 * terms["distillation"])
+    assert terms["distillation"] > 0
+    trainer.set_deep_supervision_enabled(False)
+    assert isinstance(trainer.network(x), torch.Tensor)

@@ -86,15 +86,15 @@ class _LossWithPeers:
     """Adapts :class:`MutualLearningLoss` to nnU-Net's ``self.loss(output, target)``: the peers' outputs are read from
     the network, which stores them during its forward (``keep_peer_outputs``)."""
 
-    def __init__(self, loss: MutualLearningLoss, network: Callable[[], MAMLNetwork]) -> None:
-        self.loss = loss
+    def __init__(self, mutual: MutualLearningLoss, network: Callable[[], MAMLNetwork]) -> None:
+        self.mutual = mutual
         self.network = network
 
     def __call__(self, output, target) -> torch.Tensor:
         peers = self.network().peer_outputs
         if peers is None:
             raise RuntimeError("the MAML network did not keep its peer outputs; set network.keep_peer_outputs = True")
-        return self.loss(output, peers, target)
+        return self.mutual(output, peers, target)
 
 
 class nnUNetTrainerMAML(BudgetMixin, nnUNetTrainer):
@@ -156,7 +156,7 @@ class nnUNetTrainerMAML(BudgetMixin, nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)
-        result.update({name: float(value) for name, value in self.loss.loss.last_terms.items()})
+        result.update({name: float(value) for name, value in self.loss.mutual.last_terms.items()})
         return result
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
