@@ -45,6 +45,7 @@ from nnunet_unpaired.modules.modality_norm import PartnerNormParameters
 from nnunet_unpaired.pairing import label_differences, plans_differences, read_pairing, require_env
 from nnunet_unpaired.splits import check_fold_possible
 from nnunet_unpaired.training.budget import BudgetMixin
+from nnunet_unpaired.training.progress import plot_loss_terms
 
 CHECKPOINT_KEY = "nnunet_unpaired"
 
@@ -249,6 +250,12 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
             self._log_epoch_value(f"train_{key}", float(np.mean([o[key] for o in train_outputs])))
         self.print_to_log_file("train terms: " + ", ".join(
             f"{k} {self.logger.get_value(f'train_{k}', step=-1):.4f}" for k in terms))
+
+    def on_epoch_end(self):
+        super().on_epoch_end()  # nnU-Net's progress.png (and the epoch counter)
+        if self.local_rank == 0:
+            plot_loss_terms(self.logger.local_logger.my_fantastic_logging,
+                            join(self.output_folder, "progress_terms.png"))
 
     def validation_step(self, batch: dict) -> dict:
         result_a = super().validation_step(batch)

@@ -1,0 +1,133 @@
+"""``nnUNetTrainerEAM``: joint unpaired CT + MR training plus the External Attention Module's consistency losses.
+
+Yang, Zhu, Wang, Li, Zhang, "Toward Unpaired Multi-modal Medical Image Segmentation via Learning Structured Semantic
+Consistency", MIDL 2023 (arXiv 2206.10571). The module and losses are in
+:mod:`nnunet_unpaired.modules.external_attention` and :mod:`nnunet_unpaired.losses.semantic_consistency` (our
+formulation; the paper's formulas were not available). This trainer only wires them into the joint trainer:
+
+- forward hooks read the output of the chosen decoder stage(s) for the batch of A and the batch of B;
+- one EAM per stage (a training-only module: optimized with the network, saved under the checkpoint's
+  ``nnunet_unpaired`` key, never in ``network_weights``) turns each into attention logits + class representations;
+- loss = seg_A + seg_B + w(t) * (w_att L_att + w_sem L_sem + w_str L_str), averaged over stages, with the warm-up
+  ramp w(t) = exp(-5 (1 - t/T)^2) over the first ``warmup_fraction`` of the epochs.
+
+Settings (class attributes; each can be overridden by an environment variable, read when the trainer starts):
+
+=====================  ===================================  =======  ==============================================
+attribute              environment variable                 default  meaning
+=====================  ===================================  =======  ==============================================
+``eam_stages``         ``nnUNet_unpaired_eam_stages``       ``-2``   decoder stages read (0 = lowest resolution,
+                                                                     -1 = full resolution), comma-separated
+``eam_dim``            ``nnUNet_unpaired_eam_dim``          ``64``   width C' of projection and memory
+``eam_weights``        ``nnUNet_unpaired_eam_weights``      1,1,1    w_att, w_sem, w_str
+``warmup_fraction``    ``nnUNet_unpaired_eam_warmup``       ``0.1``  share of the epochs over which w(t) ramps up
+=====================  ===================================  =======  ==============================================
+
+The deployed model is nnU-Net's plain network (the hooks only observe): inference costs what vanilla nnU-Net costs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from nnunet_unpaired.benchmark.registry import Method, register
+from nnunet_unpaired.losses.ramps import warmup_ramp
+from nnunet_unpaired.losses.semantic_consistency import EAMLoss
+from nnunet_unpaired.modules.external_attention import ExternalAttentionModule
+from nnunet_unpaired.training.unpaired_joint import nnUNetTrainerUnpairedJoint
+
+
+def _env_numbers(name: str, default: Sequence, cast) -> Tuple:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return tuple(default)
+    try:
+        return tuple(cast(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r}: expected comma-separated numbers") from None
+
+
+class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
+    eam_stages: Tuple[int, ...] = (-2,)
+    eam_dim: int = 64
+    eam_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    warmup_fraction: float = 0.1
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.eam_stages = _env_numbers("nnUNet_unpaired_eam_stages", self.eam_stages, int)
+        self.eam_dim = _env_numbers("nnUNet_unpaired_eam_dim", (self.eam_dim,), int)[0]
+        self.eam_weights = _env_numbers("nnUNet_unpaired_eam_weights", self.eam_weights, float)
+        self.warmup_fraction = _env_numbers("nnUNet_unpaired_eam_warmup", (self.warmup_fraction,), float)[0]
+        if len(self.eam_weights) != 3:
+            raise ValueError(f"EAM weights need three values (w_att, w_sem, w_str), got {self.eam_weights}")
+        self.eam_loss = EAMLoss(*self.eam_weights, ignore_index=self.label_manager.ignore_label)
+        self._captured: List[torch.Tensor] = []
+        self._capturing = False
+        self.print_to_log_file(f"EAM: decoder stages {self.eam_stages}, width {self.eam_dim}, weights "
+                               f"(att, sem, str) {self.eam_weights}, warm-up over {self.warmup_fraction:.0%} of epochs")
+
+    def _do_i_compile(self):
+        return False  # the decoder-stage hooks must see every forward pass; torch.compile may skip them
+
+    def _decoder_stages(self) -> List[nn.Module]:
+        stages = self._plain_network().decoder.stages
+        n = len(stages)
+        bad = [s for s in self.eam_stages if not -n <= s < n]
+        if bad:
+            raise ValueError(f"EAM decoder stage(s) {bad} do not exist; this network has {n} decoder stages "
+                             f"(0..{n - 1} or -{n}..-1)")
+        return [stages[s] for s in self.eam_stages]
+
+    def build_training_modules(self) -> Dict[str, nn.Module]:
+        modules = super().build_training_modules()
+        conv_dim = self.configuration_manager.network_arch_init_kwargs.get("conv_op", "")
+        dim = 3 if str(conv_dim).endswith("3d") else 2
+        num_classes = self.label_manager.num_segmentation_heads
+        for stage_index, stage in zip(self.eam_stages, self._decoder_stages()):
+            channels = self._stage_channels(stage)
+            modules[f"eam_stage{stage_index}"] = ExternalAttentionModule(channels, num_classes, self.eam_dim, dim)
+            stage.register_forward_hook(self._capture_hook)
+        return modules
+
+    @staticmethod
+    def _stage_channels(stage: nn.Module) -> int:
+        convs = [m for m in stage.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+        return convs[-1].out_channels
+
+    def _capture_hook(self, module, inputs, output):
+        if self._capturing:
+            self._captured.append(output)
+
+    def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
+        self._captured = []
+        self._capturing = True
+        try:
+            return super().compute_losses(data_a, target_a, data_b, target_b)
+        finally:
+            self._capturing = False
+            self._captured = []
+
+    def alignment_losses(self, output_a, target_a, output_b, target_b) -> Dict[str, torch.Tensor]:
+        n = len(self.eam_stages)
+        if len(self._captured) != 2 * n:
+            raise RuntimeError(f"EAM expected {2 * n} captured decoder outputs (A then B), got {len(self._captured)}")
+        labels_a = target_a[0] if isinstance(target_a, (list, tuple)) else target_a
+        labels_b = target_b[0] if isinstance(target_b, (list, tuple)) else target_b
+        sums = {"attention": 0.0, "semantic": 0.0, "structured": 0.0, "total": 0.0}
+        for i, stage_index in enumerate(self.eam_stages):
+            module = self.training_modules[f"eam_stage{stage_index}"]
+            terms = self.eam_loss(module(self._captured[i]), labels_a, module(self._captured[n + i]), labels_b)
+            sums = {k: sums[k] + terms[k] / n for k in sums}
+        ramp = warmup_ramp(self.current_epoch, self.warmup_fraction * self.num_epochs)
+        weights = dict(zip(("attention", "semantic", "structured"), self.eam_weights))
+        return {f"eam_{k[:3]}": ramp * weights[k] * sums[k] for k in weights}
+
+
+register(Method("eam", "nnUNetTrainerEAM", "unpaired",
+                "joint training + External Attention Module (semantic and structured consistency), Yang et al. 2023"))

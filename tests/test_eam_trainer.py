@@ -1,0 +1,120 @@
+"""nnUNetTrainerEAM and nnUNetTrainerUMMKD: losses wired into the joint trainer, training-only modules kept out of
+the deployed network, resume, and nnUNetv2_train -> nnUNetv2_predict end to end for both modalities."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_unpaired.benchmark.registry import get
+from nnunet_unpaired.training.eam import nnUNetTrainerEAM
+from nnunet_unpaired.training.ummkd import nnUNetTrainerUMMKD
+from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY
+
+from pairs import IDS, NAMES, run, set_env
+
+
+def _trainer(env, monkeypatch, cls, fold):
+    set_env(env, monkeypatch)
+    base = os.path.join(env["nnUNet_preprocessed"], NAMES[0])
+    plans = load_json(os.path.join(base, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    return cls(plans, "2d", fold, load_json(os.path.join(base, "dataset.json")), torch.device("cpu"))
+
+
+def _started(env, monkeypatch, cls, fold):
+    trainer = _trainer(env, monkeypatch, cls, fold)
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    trainer.current_epoch = trainer.num_epochs  # past the warm-up: the alignment terms count fully
+    return trainer
+
+
+def _plain(name, env):
+    pm = PlansManager(load_json(os.path.join(env["nnUNet_preprocessed"], name, "nnUNetPlans.json")))
+    return nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("2d"), 1, 5, False)
+
+
+def test_registered():
+    assert get("eam").trainer == "nnUNetTrainerEAM" and get("ummkd").trainer == "nnUNetTrainerUMMKD"
+
+
+def test_eam_step_trains_module_and_stays_out_of_network(planned_pair, monkeypatch):
+    _, env = planned_pair
+    trainer = _started(env, monkeypatch, nnUNetTrainerEAM, fold=0)
+    eam = trainer.training_modules["eam_stage-2"]
+    memory_before = eam.memory.detach().clone()
+    terms = trainer.train_step(next(trainer.dataloader_train))
+    assert {"seg_A", "seg_B", "eam_att", "eam_sem", "eam_str"} <= set(terms)
+    assert all(np.isfinite(v) for v in terms.values())
+    assert terms["loss"] == pytest.approx(sum(v for k, v in terms.items() if k != "loss"), rel=1e-5)
+    assert not torch.equal(memory_before, eam.memory), "the EAM's memory gets no update"
+    # the hooks only observe: the network's output is unchanged by the EAM being there
+    x = torch.randn(1, 1, *trainer.configuration_manager.patch_size)
+    trainer.network.eval()
+    with torch.no_grad():
+        plain = _plain(NAMES[0], env)
+        plain.load_state_dict(trainer._plain_network().state_dict())
+        plain.eval()
+        trainer.set_deep_supervision_enabled(False)
+        assert torch.allclose(trainer.network(x), plain(x), atol=1e-6)
+
+    ckpt_file = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    os.makedirs(trainer.output_folder, exist_ok=True)
+    trainer.save_checkpoint(ckpt_file)
+    ckpt = torch.load(ckpt_file, weights_only=False)
+    assert not any("eam" in k or "memory" in k for k in ckpt["network_weights"])
+    _plain(NAMES[0], env).load_state_dict(ckpt["network_weights"], strict=True)
+    assert any(k.startswith("eam_stage-2.") for k in ckpt[CHECKPOINT_KEY]["training_modules"])
+    again = _trainer(env, monkeypatch, nnUNetTrainerEAM, fold=0)
+    again.load_checkpoint(ckpt_file)
+    assert torch.equal(again.training_modules["eam_stage-2"].memory, eam.memory)
+
+
+def test_eam_stage_and_weights_from_environment(planned_pair, monkeypatch):
+    _, env = planned_pair
+    monkeypatch.setenv("nnUNet_unpaired_eam_stages", "-1,-3")
+    monkeypatch.setenv("nnUNet_unpaired_eam_weights", "1,0,2")
+    trainer = _started(env, monkeypatch, nnUNetTrainerEAM, fold=1)
+    assert set(trainer.training_modules) == {"eam_stage-1", "eam_stage-3"}
+    terms = trainer.train_step(next(trainer.dataloader_train))
+    assert terms["eam_sem"] == 0.0 and np.isfinite(terms["eam_str"])
+    monkeypatch.setenv("nnUNet_unpaired_eam_stages", "7")
+    with pytest.raises(ValueError, match="decoder stage"):
+        _started(env, monkeypatch, nnUNetTrainerEAM, fold=1)
+
+
+def test_ummkd_step_has_kd_term_and_own_norms(planned_pair, monkeypatch):
+    _, env = planned_pair
+    trainer = _started(env, monkeypatch, nnUNetTrainerUMMKD, fold=2)
+    assert trainer.partner_norm is not None
+    terms = trainer.train_step(next(trainer.dataloader_train))
+    assert terms["kd"] >= 0 and np.isfinite(terms["kd"])
+    assert terms["loss"] == pytest.approx(terms["seg_A"] + terms["seg_B"] + terms["kd"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_eam_end_to_end_train_and_predict_both(planned_pair, tmp_path):
+    root, env = planned_pair
+    run(["nnUNetv2_train", str(IDS[0]), "2d", "3", "-tr", "nnUNetTrainerEAM", "-device", "cpu"], env, 900)
+    for which, name in enumerate(NAMES):
+        folder = Path(env["nnUNet_results"]) / name / "nnUNetTrainerEAM__nnUNetPlans__2d" / "fold_3"
+        ckpt = torch.load(folder / "checkpoint_final.pth", weights_only=False)
+        _plain(name, env).load_state_dict(ckpt["network_weights"], strict=True)
+        out = tmp_path / name
+        run(["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / name / "imagesTs"), "-o", str(out), "-d",
+             str(IDS[which]), "-c", "2d", "-f", "3", "-tr", "nnUNetTrainerEAM", "-device", "cpu", "-npp", "0",
+             "-nps", "0"], env)
+        for image in (root / "nnUNet_raw" / name / "imagesTs").glob("*_0000.nii.gz"):
+            pred = sitk.ReadImage(str(out / image.name.replace("_0000", "")))
+            assert pred.GetSize() == sitk.ReadImage(str(image)).GetSize()
+    a_folder = Path(env["nnUNet_results"]) / NAMES[0] / "nnUNetTrainerEAM__nnUNetPlans__2d" / "fold_3"
+    assert (a_folder / "progress_terms.png").is_file()
+    logged = torch.load(a_folder / "checkpoint_final.pth", weights_only=False)["logging"]
+    assert {"train_eam_att", "train_eam_sem", "train_eam_str"} <= set(logged)

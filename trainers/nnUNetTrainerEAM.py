@@ -1,0 +1,1 @@
+from nnunet_unpaired.training.eam import nnUNetTrainerEAM  # noqa: F401

@@ -1,0 +1,1 @@
+from nnunet_unpaired.training.ummkd import nnUNetTrainerUMMKD  # noqa: F401
