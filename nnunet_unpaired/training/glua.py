@@ -258,7 +258,8 @@ class nnUNetTrainerSourceOnly(nnUNetTrainerUnpairedJoint):
         extras = checkpoint.get(CHECKPOINT_KEY, {}).get(EXTRAS_KEY, {})
         if not self.was_initialized:
             self.before_loading_checkpoint(extras)
-        super().load_checkpoint(checkpoint)
+        # the file name, not the loaded dict: nnU-Net 2.8.1's load_checkpoint only works with a file name
+        super().load_checkpoint(filename_or_checkpoint)
         for name, state in extras.get("optimizers", {}).items():
             if name in self.extra_optimizers:
                 self.extra_optimizers[name].load_state_dict(state)
