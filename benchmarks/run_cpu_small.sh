@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The cpu-small benchmark: synthetic phantom (2D configuration, small network), vanilla nnU-Net vs the joint trainer,
+# full-label and scarce-label B (2 labelled MR cases), then the results section of docs/benchmarks.md.
+#
+#   benchmarks/run_cpu_small.sh                 # about an hour on 2 CPU cores; reruns resume
+#   BENCHMARK_DATE=2026-11-22 benchmarks/run_cpu_small.sh    # resume a run started on another day
+#   benchmarks/run_cpu_small.sh --restart       # extra options go to 'nnunet_unpaired benchmark'
+#
+# Environment: NNUNET_UNPAIRED_BENCHMARK_OUTPUT (default ~/nnunet_unpaired_benchmarks), PYTHON (default: the
+# repository's .venv), BENCHMARK_MACHINE_NOTE (a sentence about the machine, e.g. that it was shared during the run).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-$REPO/.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+OUT="${NNUNET_UNPAIRED_BENCHMARK_OUTPUT:-$HOME/nnunet_unpaired_benchmarks}"
+DATE="${BENCHMARK_DATE:-$(date +%F)}"
+
+"$PY" -m nnunet_unpaired.cli benchmark --preset cpu-small --phantom --methods vanilla joint --scarce-b 2 \
+    --output "$OUT" --date "$DATE" "$@"
+
+RESULT="$OUT/Dataset901_PhantomCT__Dataset902_PhantomMR__2d__$DATE"
+"$PY" "$REPO/benchmarks/update_docs.py" "$RESULT" --docs "$REPO/docs/benchmarks.md" \
+    --copy-to "$REPO/benchmarks/results/cpu-small" --note "${BENCHMARK_MACHINE_NOTE:-}"

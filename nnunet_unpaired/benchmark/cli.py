@@ -1,0 +1,98 @@
+"""``nnunet_unpaired benchmark``: train every method and vanilla nnU-Net with the same budget, predict, evaluate, report.
+
+Examples::
+
+    nnunet_unpaired benchmark --preset cpu-small --scarce-b 2          # phantom, vanilla + joint, ~1 h on 2 cores
+    nnunet_unpaired benchmark --pair 701 702 -c 3d_fullres --folds 0 1 2 3 4 --preset full
+
+See :mod:`nnunet_unpaired.benchmark.harness` for the steps and the folder layout, and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nnunet_unpaired.errors import UserError
+
+HELP = "train and compare methods against vanilla nnU-Net"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nnunet_unpaired.benchmark.harness import PRESETS
+
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--pair", nargs=2, metavar=("A", "B"),
+                      help="two raw datasets in $nnUNet_raw (ids or names), each with imagesTs/labelsTs test cases; "
+                           "A is the one nnU-Net plans (plan-pair), B the partner (--scarce-b applies to B)")
+    data.add_argument("--phantom", action="store_true",
+                      help="the built-in synthetic CT-like + MR-like pair (the default when --pair is not given)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small",
+                        help="defaults for everything below: " + "; ".join(f"{p.name}: {p.description}"
+                                                                          for p in PRESETS.values()))
+    parser.add_argument("-c", "--configuration", default=None, help="nnU-Net configuration (default: the preset's)")
+    parser.add_argument("--folds", nargs="+", default=["0"], help="cross-validation folds (0-4 or 'all')")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="registered methods to compare (vanilla is always added); default: every registered "
+                             "method of a kind the harness runs")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    parser.add_argument("--iters", type=int, default=None, help="training iterations per epoch (default: preset's)")
+    parser.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch")
+    parser.add_argument("--max-features", type=int, default=None, help="cap of the feature maps per stage")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the planned batch size")
+    parser.add_argument("--num-train", type=int, default=None, help="phantom: training cases per modality")
+    parser.add_argument("--num-test", type=int, default=None, help="phantom: test cases per modality")
+    parser.add_argument("--scarce-b", type=int, nargs="+", default=[], metavar="N",
+                        help="also run the scarce-label setting: B trains with only N labelled cases per fold, A "
+                             "keeps all (test cases unchanged)")
+    parser.add_argument("--no-full-label", action="store_true", help="run only the --scarce-b setting(s)")
+    parser.add_argument("--output", default="nnunet_unpaired_benchmarks",
+                        help="folder for results; each benchmark gets <A>__<B>__<configuration>__<date> inside")
+    parser.add_argument("--date", default=None,
+                        help="date part of the result folder (YYYY-MM-DD, default today): resume an older run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete this benchmark's result folder and start over (default: resume, skipping "
+                             "finished steps)")
+    parser.add_argument("-np", "--num-processes", type=int, default=2, help="processes for planning/preprocessing")
+
+
+def build(args: argparse.Namespace):
+    """``(BenchmarkSpec, RunOptions)`` from the parsed arguments and the preset."""
+    import os
+    from pathlib import Path
+
+    from nnunet_unpaired.benchmark.harness import PRESETS, BenchmarkSpec, RunOptions, phantom_spec
+
+    preset = PRESETS[args.preset]
+
+    def pick(value, default):
+        return default if value is None else value
+
+    for name in ("epochs", "iters", "val_iters", "max_features", "batch_size", "num_train", "num_test"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    phantom = args.pair is None
+    spec = BenchmarkSpec(
+        datasets=None if phantom else tuple(args.pair), configuration=pick(args.configuration, preset.configuration),
+        epochs=pick(args.epochs, preset.epochs), iters=pick(args.iters, preset.iters),
+        val_iters=pick(args.val_iters, preset.val_iters), no_mirroring=preset.no_mirroring,
+        max_features=pick(args.max_features, preset.max_features), batch_size=pick(args.batch_size, preset.batch_size),
+        phantom=phantom_spec(pick(args.num_train, preset.num_train), pick(args.num_test, preset.num_test))
+        if phantom else None)
+    if not phantom and (args.num_train is not None or args.num_test is not None):
+        raise UserError("--num-train/--num-test describe the phantom; they do not apply to --pair datasets")
+    options = RunOptions(output=Path(args.output), folds=tuple(args.folds),
+                         methods=tuple(args.methods) if args.methods else None, scarce_b=tuple(args.scarce_b),
+                         full_label=not args.no_full_label, device=args.device, restart=args.restart, date=args.date,
+                         env=tuple((k, v) for k, v in preset.env if not os.environ.get(k)), predict_processes=preset.predict_processes,
+                         plan_processes=args.num_processes)
+    return spec, options
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_unpaired.benchmark.harness import run_benchmark
+
+    spec, options = build(args)
+    run_benchmark(spec, options)
+    return 0

@@ -1,0 +1,306 @@
+"""Benchmark harness: splits, warm-up median, markers and resumability, folder checks, iteration timing, command
+line; and one tiny end-to-end benchmark (phantom, vanilla + joint, scarce-label B) that is resumed without work."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+from pathlib import Path
+
+import pytest
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+from nnunet_unpaired.benchmark import cli, harness, report
+from nnunet_unpaired.benchmark.harness import (BenchmarkSpec, RunOptions, default_splits, median_after_warmup,
+                                               prepare_result_folder, run_step, scarce_splits)
+from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.training import budget
+
+from pairs import SMALL
+
+CASES = [f"case_{i:02d}" for i in range(10)]
+
+
+# ------------------------------------------------------------------------------------------------------- splits
+
+
+def test_default_splits_are_nnunets_own():
+    expected = generate_crossval_split(sorted(CASES), seed=12345, n_splits=5)
+    splits = default_splits(list(reversed(CASES)))
+    assert [s["train"] for s in splits] == [list(e["train"]) for e in expected]
+    assert [s["val"] for s in splits] == [list(e["val"]) for e in expected]
+    with pytest.raises(UserError, match="too few"):
+        default_splits(CASES[:4])
+
+
+def test_scarce_splits_cut_training_keep_validation():
+    splits = default_splits(CASES)
+    scarce = scarce_splits(splits, 3)
+    assert scarce == scarce_splits(splits, 3)  # seeded
+    for full, cut in zip(splits, scarce):
+        assert len(cut["train"]) == 3 and cut["train"] == sorted(cut["train"])
+        assert set(cut["train"]) <= set(full["train"])
+        assert cut["val"] == full["val"]
+    assert len({tuple(s["train"]) for s in scarce}) > 1  # not the same first cases in every fold
+    assert scarce_splits(splits, 8) == [{"train": sorted(s["train"]), "val": s["val"]} for s in splits]
+    with pytest.raises(UserError, match="more labelled cases"):
+        scarce_splits(splits, 9)
+
+
+# ------------------------------------------------------------------------------------------------------- timing
+
+
+def test_median_skips_first_epoch_or_first_ten_iterations():
+    several = {"iteration_seconds": [9.0, 9.0, 1.0, 2.0, 3.0], "epochs": [0, 0, 1, 1, 1]}
+    assert median_after_warmup([several]) == (2.0, 3)
+    single = {"iteration_seconds": [9.0] * 10 + [1.0, 3.0], "epochs": [0] * 12}
+    assert median_after_warmup([single]) == (2.0, 2)
+    # a resumed run: each record (process) has its own warm-up; records pool
+    resumed = {"iteration_seconds": [9.0, 4.0, 4.0], "epochs": [5, 6, 6]}
+    assert median_after_warmup([several, resumed]) == (3.0, 5)
+    assert median_after_warmup([{"iteration_seconds": [5.0], "epochs": [0]}]) == (5.0, 1)
+    value, n = median_after_warmup([])
+    assert math.isnan(value) and n == 0
+
+
+class _FakeTrainer:
+    """The part of nnU-Net's trainer life cycle that the timing hooks use."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=None):
+        import torch
+
+        self.device, self.local_rank, self.current_epoch = torch.device("cpu"), 0, 0
+        self.steps = []
+
+    def print_to_log_file(self, *args, **kwargs):
+        pass
+
+    def on_train_start(self):
+        pass
+
+    def on_train_epoch_start(self):
+        pass
+
+    def on_train_end(self):
+        pass
+
+    def train_step(self, batch):
+        self.steps.append(batch)
+        return {"loss": 0.0}
+
+
+class _Timed(budget.BudgetMixin, _FakeTrainer):
+    pass
+
+
+class _TimedOverride(_Timed):
+    def train_step(self, batch):  # replaces train_step without calling super(), like the joint trainer
+        return {"loss": 1.0}
+
+
+@pytest.mark.parametrize("cls", [_Timed, _TimedOverride])
+def test_timing_file_has_every_iteration_and_peak_memory(cls, tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "timing.json"
+    monkeypatch.setenv(budget.ENV_TIMING, str(path))
+    trainer = cls({}, "2d", 0, {})
+    trainer.on_train_start()
+    for epoch in range(2):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        for i in range(3):
+            trainer.train_step(i)
+    trainer.on_train_end()
+    record = json.loads(path.read_text())
+    assert record["epochs"] == [0, 0, 0, 1, 1, 1]
+    assert len(record["iteration_seconds"]) == 6 and all(s >= 0 for s in record["iteration_seconds"])
+    assert record["peak_memory_kind"] == "process_peak_rss" and record["peak_memory_mib"] > 10
+    assert record["trainer"] == cls.__name__
+
+
+def test_no_timing_file_without_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(budget.ENV_TIMING, raising=False)
+    trainer = _Timed({}, "2d", 0, {})
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    assert trainer.train_step(1) == {"loss": 0.0}
+    trainer.on_train_end()
+    assert "train_step" not in vars(trainer) and not list(tmp_path.iterdir())
+
+
+def test_mixin_keeps_nnunets_init_signature():
+    # nnU-Net records the init arguments by the names of self.__init__'s parameters (KeyError on *args)
+    from nnunet_unpaired.training.vanilla import nnUNetTrainerVanilla
+
+    assert list(inspect.signature(nnUNetTrainerVanilla.__init__).parameters) == \
+        list(inspect.signature(nnUNetTrainer.__init__).parameters)
+
+
+# ------------------------------------------------------------------------------------------- markers, folders
+
+
+def test_run_step_writes_marker_and_skips_when_done(tmp_path):
+    calls, lines = [], []
+
+    def action(log_file: Path):
+        calls.append(log_file)
+        log_file.write_text("output")
+        return {"value": 7}
+
+    first = run_step(tmp_path, "train__x", action, lines.append)
+    second = run_step(tmp_path, "train__x", action, lines.append)
+    assert len(calls) == 1 and first == second and first["value"] == 7 and first["seconds"] >= 0
+    assert (tmp_path / "logs" / "train__x.log").read_text() == "output"
+    assert lines[0].startswith("[start] train__x") and lines[-1].startswith("[skip] train__x")
+
+
+def test_failed_step_leaves_no_marker(tmp_path):
+    def fail(log_file):
+        raise UserError("boom")
+
+    with pytest.raises(UserError):
+        run_step(tmp_path, "plan", fail, lambda _: None)
+    assert not (tmp_path / "steps" / "plan.json").exists()
+
+
+def _spec(**changes) -> BenchmarkSpec:
+    values = dict(datasets=None, configuration="2d", epochs=2, iters=3, val_iters=1, no_mirroring=True,
+                  max_features=8, batch_size=2, phantom=harness.phantom_spec(5, 2, **SMALL))
+    values.update(changes)
+    return BenchmarkSpec(**values)
+
+
+def test_result_folder_refuses_other_benchmark_and_restarts(tmp_path):
+    folder = tmp_path / "bench"
+    prepare_result_folder(folder, _spec(), restart=False, log=lambda _: None)
+    (folder / "steps").mkdir()
+    prepare_result_folder(folder, _spec(), restart=False, log=lambda _: None)  # same spec: resume
+    assert (folder / "steps").is_dir()
+    with pytest.raises(UserError, match="epochs: 2 there, 5 now"):
+        prepare_result_folder(folder, _spec(epochs=5), restart=False, log=lambda _: None)
+    prepare_result_folder(folder, _spec(epochs=5), restart=True, log=lambda _: None)
+    assert not (folder / "steps").exists()
+    assert json.loads((folder / "benchmark.json").read_text())["spec"]["epochs"] == 5
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("x")
+    for restart in (False, True):
+        with pytest.raises(UserError, match="benchmark.json"):
+            prepare_result_folder(foreign, _spec(), restart=restart, log=lambda _: None)
+    assert (foreign / "mine.txt").is_file()
+
+
+def test_result_folder_name(tmp_path):
+    options = RunOptions(output=tmp_path, date="2026-01-31")
+    path = harness.result_folder(_spec(), options, ("DatasetA", "DatasetB"))
+    assert path == tmp_path.resolve() / "DatasetA__DatasetB__2d__2026-01-31"
+    with pytest.raises(UserError, match="YYYY-MM-DD"):
+        harness.result_folder(_spec(), RunOptions(output=tmp_path, date="31.1.2026"), ("A", "B"))
+
+
+def test_settings():
+    assert harness.settings_of(RunOptions(output=Path("."), scarce_b=(2, 2))) == [("full-label", None),
+                                                                                  ("scarce-b2", 2)]
+    assert harness.settings_of(RunOptions(output=Path("."), scarce_b=(1,), full_label=False)) == [("scarce-b1", 1)]
+    with pytest.raises(UserError, match="nothing to run"):
+        harness.settings_of(RunOptions(output=Path("."), full_label=False))
+
+
+def test_pair_without_test_cases_is_refused(nnunet_dirs, tmp_path):
+    raw = nnunet_dirs["nnUNet_raw"]
+    for name in ("Dataset951_A", "Dataset952_B"):
+        (raw / name / "imagesTr").mkdir(parents=True)
+        (raw / name / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "x": 1},
+                                                             "file_ending": ".nii.gz"}))
+    spec = _spec(datasets=("951", "952"), phantom=None)
+    with pytest.raises(UserError, match="no held-out test cases"):
+        harness.run_benchmark(spec, RunOptions(output=tmp_path / "out", device="cpu"), log=lambda _: None)
+
+
+# -------------------------------------------------------------------------------------------------- command line
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_cli_preset_defaults_and_overrides(monkeypatch):
+    monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
+    spec, options = cli.build(_args())
+    preset = harness.PRESETS["cpu-small"]
+    assert (spec.configuration, spec.epochs, spec.iters, spec.max_features) == \
+        (preset.configuration, preset.epochs, preset.iters, preset.max_features)
+    assert spec.phantom["num_train"] == preset.num_train and spec.datasets is None
+    assert dict(options.env)["nnUNet_n_proc_DA"] == "2"
+    spec, options = cli.build(_args("--preset", "full", "--epochs", "3", "--scarce-b", "2", "--folds", "0", "1",
+                                    "--methods", "joint"))
+    assert (spec.configuration, spec.epochs, spec.iters, spec.no_mirroring) == ("3d_fullres", 3, None, False)
+    assert options.scarce_b == (2,) and options.folds == ("0", "1") and options.methods == ("joint",)
+    spec, _ = cli.build(_args("--pair", "701", "702", "-c", "2d"))
+    assert spec.datasets == ("701", "702") and spec.phantom is None and spec.configuration == "2d"
+    with pytest.raises(UserError, match="phantom"):
+        cli.build(_args("--pair", "701", "702", "--num-train", "5"))
+    with pytest.raises(UserError, match="positive"):
+        cli.build(_args("--epochs", "0"))
+
+
+def test_cli_reports_user_errors(capsys):
+    from nnunet_unpaired.cli import main
+
+    assert main(["benchmark", "--methods", "no_such_method", "--output", "/nonexistent/x"]) == 2
+    assert "unknown benchmark method 'no_such_method'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
+    """Phantom, vanilla + joint, scarce-label B (2 cases): outputs hold the numbers; a rerun does no work."""
+    monkeypatch.setenv("nnUNet_compile", "false")
+    spec = _spec()
+    options = RunOptions(output=tmp_path / "out", folds=("0",), methods=("vanilla", "joint"), scarce_b=(2,),
+                         full_label=False, device="cpu", date="2026-01-01", env=(("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1")),
+                         predict_processes=(0, 0), plan_processes=1)
+    lines: list[str] = []
+    result = harness.run_benchmark(spec, options, log=lines.append)
+    assert result.name == "Dataset901_PhantomCT__Dataset902_PhantomMR__2d__2026-01-01"
+    setting = result / "scarce-b2"
+
+    splits_b = json.loads((setting / "nnunet" / "nnUNet_preprocessed" / "Dataset902_PhantomMR" /
+                           "splits_final.json").read_text())
+    splits_a = json.loads((setting / "nnunet" / "nnUNet_preprocessed" / "Dataset901_PhantomCT" /
+                           "splits_final.json").read_text())
+    assert [len(s["train"]) for s in splits_b] == [2] * 5 and [len(s["train"]) for s in splits_a] == [4] * 5
+
+    rows = report.read_csv(setting / "report" / "results.csv")
+    assert {r["method"] for r in rows} == {"vanilla", "joint"}
+    assert {r["modality"] for r in rows} == {"Dataset901_PhantomCT", "Dataset902_PhantomMR"}
+    assert len(rows) == 2 * 2 * 2 * 4  # methods x modalities x test cases x structures
+    assert all(0.0 <= r["dice"] <= 1.0 for r in rows if not math.isnan(r["dice"]))
+    costs = {r["method"]: r for r in report.read_csv(setting / "report" / "costs.csv")}
+    for method in ("vanilla", "joint"):
+        assert costs[method]["seconds_per_iteration"] > 0 and costs[method]["peak_memory_mib"] > 0
+        assert costs[method]["inference_seconds_per_case"] > 0 and costs[method]["timed_iterations"] > 0
+    assert costs["vanilla"]["training_runs"] == 2 and costs["joint"]["training_runs"] == 1
+    for name in ("results.md", "dice_per_structure_Dataset902_PhantomMR.png", "dice_boxplot_Dataset901_PhantomCT.png",
+                 "training_loss_Dataset901_PhantomCT.png", "training_loss_Dataset902_PhantomMR.png"):
+        assert (setting / "report" / name).stat().st_size > 0, name
+    summary = (result / "results.md").read_text()
+    assert "scarce-label B (N=2)" in summary and "| vanilla | joint |" in summary
+    dice_a = f"{harness._mean_dice(rows, 'joint', 'Dataset901_PhantomCT'):.3f}"
+    assert dice_a in summary
+    assert any(line.startswith("      epoch 1:") for line in lines)  # progress of nnU-Net's epochs
+
+    csv_text = (setting / "report" / "results.csv").read_text()
+    steps = sorted(p.name for p in (setting / "steps").iterdir())
+    assert len(steps) == 2 + 3 + 4 + 4  # plan, splits; 3 trainings; predict and evaluate per method and modality
+    lines.clear()
+    harness.run_benchmark(spec, options, log=lines.append)
+    assert not [line for line in lines if line.startswith("[start]")], lines
+    assert len([line for line in lines if line.startswith("[skip]")]) == len(steps) + 1  # + the phantom
+    assert (setting / "report" / "results.csv").read_text() == csv_text

@@ -1,0 +1,105 @@
+"""Method registry: the first entries, kinds, duplicate names, family imports; and how the harness picks methods."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from nnunet_unpaired.benchmark import harness, registry
+from nnunet_unpaired.benchmark.registry import KINDS, Method
+from nnunet_unpaired.errors import UserError
+
+
+@pytest.fixture
+def clean_registry(monkeypatch):
+    """A registry that starts with what the families registered; changes are undone after the test."""
+    registry.load_all()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    return registry._REGISTRY
+
+
+def test_first_entries_register_themselves():
+    methods = registry.load_all()
+    assert methods["vanilla"].trainer == "nnUNetTrainerVanilla" and methods["vanilla"].kind == "single"
+    assert methods["joint"].trainer == "nnUNetTrainerUnpairedJoint" and methods["joint"].kind == "unpaired"
+    assert registry.available() == sorted(methods)
+    assert registry.get("joint") is methods["joint"]
+
+
+def test_every_registered_trainer_is_exported_to_nnunet():
+    """nnU-Net finds a trainer by its class name in the nnUNet_extTrainer folder (trainers/), so every registered
+    trainer must be importable from there."""
+    import importlib.util
+
+    from nnunet_unpaired.registration import ext_trainer_folder
+
+    folder = ext_trainer_folder()
+    exported = set()
+    for path in sorted(__import__("pathlib").Path(folder).glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"_ext_probe_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        exported |= {name for name in vars(module) if name.startswith("nnUNetTrainer")}
+    missing = {m.name: m.trainer for m in registry.load_all().values() if m.trainer not in exported}
+    assert not missing, f"registered trainers not exported in {folder}: {missing}"
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="kind 'paired'"):
+        Method("x", "nnUNetTrainerX", "paired")
+    assert set(harness.KIND_RUNNERS) <= set(KINDS)
+
+
+def test_duplicate_name_needs_the_same_definition(clean_registry):
+    method = Method("probe", "nnUNetTrainerProbe", "unpaired")
+    assert registry.register(method) is method
+    registry.register(Method("probe", "nnUNetTrainerProbe", "unpaired"))  # same definition: fine (re-import)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register(Method("probe", "nnUNetTrainerOther", "unpaired"))
+
+
+def test_unknown_method_names_the_available_ones():
+    with pytest.raises(UserError, match="available: .*joint.*vanilla"):
+        registry.get("no_such_method")
+
+
+def test_missing_family_module_is_skipped_but_a_broken_one_raises(clean_registry, monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "FAMILY_MODULES", registry.FAMILY_MODULES + ("nnunet_unpaired.training.not_yet",))
+    assert "vanilla" in registry.load_all()
+    (tmp_path / "broken_family_probe.py").write_text("import a_dependency_that_does_not_exist_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "FAMILY_MODULES", ("broken_family_probe",))
+    with pytest.raises(ModuleNotFoundError, match="a_dependency_that_does_not_exist_xyz"):
+        registry.load_all()
+    sys.modules.pop("broken_family_probe", None)
+
+
+def test_harness_default_methods_are_the_runnable_kinds_vanilla_first(clean_registry):
+    registry.register(Method("probe_uda", "nnUNetTrainerProbeUDA", "uda"))
+    registry.register(Method("probe_unpaired", "nnUNetTrainerProbe", "unpaired"))
+    names = [m.name for m in harness.resolve_methods(None, log=lambda _: None)]
+    assert names[0] == "vanilla" and "joint" in names and "probe_unpaired" in names
+    assert "probe_uda" not in names
+
+
+def test_harness_adds_vanilla_and_refuses_kinds_it_cannot_run(clean_registry):
+    lines = []
+    assert [m.name for m in harness.resolve_methods(["joint"], log=lines.append)] == ["vanilla", "joint"]
+    assert "adding 'vanilla'" in lines[0]
+    registry.register(Method("probe_semi", "nnUNetTrainerProbeSemi", "semi"))
+    with pytest.raises(NotImplementedError, match="'probe_semi'.*kind 'semi'.*KIND_RUNNERS"):
+        harness.resolve_methods(["joint", "probe_semi"], log=lambda _: None)
+
+
+def test_new_kind_plugs_in_through_the_dispatch_table(clean_registry, monkeypatch):
+    calls = []
+
+    def train_probe(ctx, method, fold):
+        calls.append((method.name, fold))
+        return []
+
+    monkeypatch.setitem(harness.KIND_RUNNERS, "multichannel", train_probe)
+    method = registry.register(Method("probe_mc", "nnUNetTrainerProbeMC", "multichannel"))
+    assert [m.name for m in harness.resolve_methods(["probe_mc"], log=lambda _: None)] == ["vanilla", "probe_mc"]
+    assert harness.train_method(None, method, "0") == [] and calls == [("probe_mc", "0")]
