@@ -264,7 +264,8 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_compile", "false")
     spec = _spec()
     options = RunOptions(output=tmp_path / "out", folds=("0",), methods=("vanilla", "joint"), scarce_b=(2,),
-                         full_label=False, device="cpu", date="2026-01-01", env=(("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1")),
+                         full_label=False, device="cpu", date="2026-01-01",
+                         env=(("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1")),
                          predict_processes=(0, 0), plan_processes=1)
     lines: list[str] = []
     result = harness.run_benchmark(spec, options, log=lines.append)
@@ -276,6 +277,12 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     splits_a = json.loads((setting / "nnunet" / "nnUNet_preprocessed" / "Dataset901_PhantomCT" /
                            "splits_final.json").read_text())
     assert [len(s["train"]) for s in splits_b] == [2] * 5 and [len(s["train"]) for s in splits_a] == [4] * 5
+
+    # both methods train B on the 2 cases, A on all 4 of fold 0 (nnU-Net's own log lines)
+    logs = setting / "logs"
+    assert "This split has 2 training" in (logs / "train__vanilla__Dataset902_PhantomMR__fold_0.log").read_text()
+    joint_log = (logs / "train__joint__fold_0.log").read_text()
+    assert "This split has 4 training" in joint_log and "This split has 2 training" in joint_log
 
     rows = report.read_csv(setting / "report" / "results.csv")
     assert {r["method"] for r in rows} == {"vanilla", "joint"}

@@ -1,4 +1,4 @@
-"""``nnunet_unpaired benchmark``: train every method and vanilla nnU-Net with the same budget, predict, evaluate, report.
+"""``nnunet_unpaired benchmark``: train every method and vanilla nnU-Net with one budget, predict, evaluate, report.
 
 Examples::
 
@@ -17,11 +17,17 @@ from nnunet_unpaired.errors import UserError
 HELP = "train and compare methods against vanilla nnU-Net"
 
 
+# options without a default value of their own (absent from the parsed arguments when not given)
+_OPTIONAL = ("pair", "configuration", "methods", "epochs", "iters", "val_iters", "max_features", "batch_size",
+             "num_train", "num_test", "date", "device")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nnunet_unpaired.benchmark.harness import PRESETS
 
+    none = argparse.SUPPRESS  # no default of its own: absent from the parsed arguments unless given (see build)
     data = parser.add_mutually_exclusive_group()
-    data.add_argument("--pair", nargs=2, metavar=("A", "B"),
+    data.add_argument("--pair", nargs=2, metavar=("A", "B"), default=none,
                       help="two raw datasets in $nnUNet_raw (ids or names), each with imagesTs/labelsTs test cases; "
                            "A is the one nnU-Net plans (plan-pair), B the partner (--scarce-b applies to B)")
     data.add_argument("--phantom", action="store_true",
@@ -29,27 +35,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small",
                         help="defaults for everything below: " + "; ".join(f"{p.name}: {p.description}"
                                                                           for p in PRESETS.values()))
-    parser.add_argument("-c", "--configuration", default=None, help="nnU-Net configuration (default: the preset's)")
+    parser.add_argument("-c", "--configuration", default=none, help="nnU-Net configuration (default: the preset's)")
     parser.add_argument("--folds", nargs="+", default=["0"], help="cross-validation folds (0-4 or 'all')")
-    parser.add_argument("--methods", nargs="+", default=None,
+    parser.add_argument("--methods", nargs="+", default=none,
                         help="registered methods to compare (vanilla is always added); default: every registered "
                              "method of a kind the harness runs")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations per epoch (default: preset's)")
-    parser.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch")
-    parser.add_argument("--max-features", type=int, default=None, help="cap of the feature maps per stage")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the planned batch size")
-    parser.add_argument("--num-train", type=int, default=None, help="phantom: training cases per modality")
-    parser.add_argument("--num-test", type=int, default=None, help="phantom: test cases per modality")
+    parser.add_argument("--epochs", type=int, default=none, help="epochs (default: the preset's)")
+    parser.add_argument("--iters", type=int, default=none, help="training iterations per epoch (default: the preset's)")
+    parser.add_argument("--val-iters", type=int, default=none,
+                        help="validation iterations per epoch (default: the preset's)")
+    parser.add_argument("--max-features", type=int, default=none,
+                        help="cap of the feature maps per stage (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=none,
+                        help="batch size (default: the preset's, or nnU-Net's plan)")
+    parser.add_argument("--num-train", type=int, default=none,
+                        help="phantom: training cases per modality (default: the preset's)")
+    parser.add_argument("--num-test", type=int, default=none,
+                        help="phantom: test cases per modality (default: the preset's)")
     parser.add_argument("--scarce-b", type=int, nargs="+", default=[], metavar="N",
                         help="also run the scarce-label setting: B trains with only N labelled cases per fold, A "
                              "keeps all (test cases unchanged)")
     parser.add_argument("--no-full-label", action="store_true", help="run only the --scarce-b setting(s)")
     parser.add_argument("--output", default="nnunet_unpaired_benchmarks",
                         help="folder for results; each benchmark gets <A>__<B>__<configuration>__<date> inside")
-    parser.add_argument("--date", default=None,
-                        help="date part of the result folder (YYYY-MM-DD, default today): resume an older run")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--date", default=none,
+                        help="date part of the result folder (YYYY-MM-DD, default: today); resume an older run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=none,
+                        help="default: cuda when available, else cpu")
     parser.add_argument("--restart", action="store_true",
                         help="delete this benchmark's result folder and start over (default: resume, skipping "
                              "finished steps)")
@@ -64,6 +76,7 @@ def build(args: argparse.Namespace):
     from nnunet_unpaired.benchmark.harness import PRESETS, BenchmarkSpec, RunOptions, phantom_spec
 
     preset = PRESETS[args.preset]
+    args = argparse.Namespace(**{**{name: None for name in _OPTIONAL}, **vars(args)})
 
     def pick(value, default):
         return default if value is None else value
@@ -85,7 +98,8 @@ def build(args: argparse.Namespace):
     options = RunOptions(output=Path(args.output), folds=tuple(args.folds),
                          methods=tuple(args.methods) if args.methods else None, scarce_b=tuple(args.scarce_b),
                          full_label=not args.no_full_label, device=args.device, restart=args.restart, date=args.date,
-                         env=tuple((k, v) for k, v in preset.env if not os.environ.get(k)), predict_processes=preset.predict_processes,
+                         env=tuple((k, v) for k, v in preset.env if not os.environ.get(k)),
+                         predict_processes=preset.predict_processes,
                          plan_processes=args.num_processes)
     return spec, options
 
