@@ -64,11 +64,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--work-dir", default="nnunet_unpaired_demo", help="folder for all demo data and results")
     parser.add_argument("--trainer", default="nnUNetTrainerUnpairedJoint", help="unpaired trainer to demonstrate")
     parser.add_argument("--configuration", default="2d", choices=("2d", "3d_fullres"))
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--iters", type=int, default=40, help="training iterations per epoch")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--iters", type=int, default=30, help="training iterations per epoch")
     parser.add_argument("--num-train", type=int, default=10, help="training cases per modality")
     parser.add_argument("--num-test", type=int, default=4, help="held-out test cases per modality")
-    parser.add_argument("--max-features", type=int, default=64, help="network width cap (small for CPU)")
+    parser.add_argument("--max-features", type=int, default=32, help="network width cap (small for CPU)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size of each modality")
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
                         help="default: cuda when available, else cpu")
 
@@ -102,7 +103,8 @@ def run(args) -> int:
 
     print("== 2/5 plan both datasets together (shared network, own normalization)")
     _stream([_tool("nnunet_unpaired"), "plan-pair", "-d", str(ids[0]), str(ids[1]), "-c", args.configuration,
-             "--max-features", str(args.max_features), "-np", "2"], env, log("plan_pair.log"))
+             "--max-features", str(args.max_features), "--batch-size", str(args.batch_size), "-np", "2"], env,
+            log("plan_pair.log"))
 
     print(f"== 3/5 train one network on both ({args.epochs} epochs x {args.iters} iterations, {device})")
     _stream([_tool("nnUNetv2_train"), str(ids[0]), args.configuration, "0", "-tr", args.trainer, "-device", device],
