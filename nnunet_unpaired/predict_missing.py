@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -187,6 +188,12 @@ def predict_missing(model_folder: str, input_folder: str, output_folder: str,
                         f"with nnUNetv2_predict (it needs every channel)")
     cases = find_cases(input_folder, predictor.dataset_json["file_ending"], network.num_modalities, wanted)
 
+    dropout = float((predictor.plans_manager.plans.get("maml") or {}).get("modality_dropout", 0.0))
+    if dropout == 0 and any(2 <= len(c.available) < network.num_modalities for c in cases):
+        print("predict-missing: WARNING: this model was trained without modality dropout, so its fusion has never seen "
+              "a subset of the channels; on the phantom such subset fusion lost even structures visible in every "
+              "channel. Compare with single channels (--available C) or retrain with "
+              "nnUNet_unpaired_maml_modality_dropout=0.5 (docs/maml.md).", file=sys.stderr)
     os.makedirs(output_folder, exist_ok=True)
     names = {int(k): v for k, v in channel_names.items()}
     used = {case.case_id: list(case.available) for case in cases}
