@@ -20,6 +20,12 @@ training split of the fold, with nnU-Net's augmentation), and minimizes
 - ``w_csc(t) = csc_weight * exp(-5 (1 - t / T)^2)`` (warm-up), ``w_cac(t) = cac_weight * (cos(pi t / T) + 1) / 2``
   (ramp-down), t the epoch, T the number of epochs, as in the public code.
 
+Cases: a case is unlabelled when nnU-Net's preprocessing found no voxel outside the ignore label. The fold's split is
+nnU-Net's, except that unlabelled cases of the validation set move to the training cases (there is nothing to validate
+against; as unlabelled data they still help), so validation and the final validation score labelled cases only. A
+fold whose training cases hold no labelled case is refused; one without labelled validation case keeps nnU-Net's
+validation set (its Dice is NaN).
+
 Deployed: one plain CMC network per modality (shared weights, that modality's head), written to A's and B's model
 folders; ``nnUNetv2_predict -d A`` or ``-d B`` predicts from ONE image, the fusion taking the modality's own bottleneck
 in the partner's place (see :mod:`nnunet_unpaired.modules.cmc_network` and docs/cmc.md). Modality B's head is a
@@ -49,11 +55,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -142,7 +149,7 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
         self.cac_loss = AnatomicalConsistencyLoss(self.cac_mode)
         self.dataloader_unlabelled = self.dataloader_unlabelled_partner = None
         self._case_subset: Optional[str] = None
-        self._case_groups: Dict[str, Tuple[List[str], List[str]]] = {}
+        self._case_flags: Dict[str, Dict[str, bool]] = {}
         self._unlabelled_pair: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self.print_to_log_file(f"{self.__class__.__name__} settings: {settings}", also_print_to_console=True)
 
@@ -198,27 +205,52 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
         return weights
 
     # ------------------------------------------------------------------------------ labelled / unlabelled loaders
-    def _labelled_and_unlabelled(self, dataset_tr) -> Tuple[List[str], List[str]]:
+    def case_is_labelled(self) -> Dict[str, bool]:
+        """``{case: labelled?}`` for every preprocessed case of the current dataset (A, or B inside as_partner)."""
         name = self.plans_manager.dataset_name
-        if name not in self._case_groups:
-            labelled, unlabelled = split_labelled(dataset_tr, list(dataset_tr.identifiers), self.label_manager)
-            if not labelled:
-                raise UserError(
-                    f"{name}: the training split of fold {self.fold} has no labelled case (all "
-                    f"{len(unlabelled)} are entirely the ignore label). Train fold 'all', choose a fold whose training "
-                    f"cases include a labelled one, or label more cases (make-semisupervised --percent).")
-            self._case_groups[name] = (labelled, unlabelled)
-            self.print_to_log_file(
-                f"{name}: {len(labelled)} labelled and {len(unlabelled)} unlabelled training cases"
-                + ("" if unlabelled else "; the unlabelled terms use all training cases"), also_print_to_console=True)
-        return self._case_groups[name]
+        if name not in self._case_flags:
+            if self.dataset_class is None:
+                self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+            everything = self.dataset_class(self.preprocessed_dataset_folder)
+            labelled, unlabelled = split_labelled(everything, list(everything.identifiers), self.label_manager)
+            self._case_flags[name] = {**{k: True for k in labelled}, **{k: False for k in unlabelled}}
+        return self._case_flags[name]
+
+    def do_split(self):
+        """nnU-Net's split of the fold, then: unlabelled validation cases join the training cases (they have nothing
+        to validate against; CMC uses them as unlabelled data) unless the validation set has no labelled case."""
+        tr_keys, val_keys = super().do_split()
+        flags = self.case_is_labelled()
+        labelled_val = [k for k in val_keys if flags[k]]
+        if labelled_val and len(labelled_val) < len(val_keys):
+            known = set(tr_keys)
+            tr_keys = list(tr_keys) + [k for k in val_keys if not flags[k] and k not in known]
+            val_keys = labelled_val
+        elif not labelled_val:
+            self.print_to_log_file(f"{self.plans_manager.dataset_name}: no labelled validation case in fold "
+                                   f"{self.fold}; validation Dice is undefined (NaN) for this dataset")
+        labelled = [k for k in tr_keys if flags[k]]
+        if not labelled:
+            raise UserError(
+                f"{self.plans_manager.dataset_name}: the training cases of fold {self.fold} include no labelled case "
+                f"(all {len(tr_keys)} are entirely the ignore label). Train fold 'all', choose a fold whose training "
+                f"cases include a labelled one, or label more cases (make-semisupervised --percent).")
+        self.print_to_log_file(f"{self.plans_manager.dataset_name}: training on {len(labelled)} labelled and "
+                               f"{len(tr_keys) - len(labelled)} unlabelled cases, validating on {len(val_keys)}",
+                               also_print_to_console=True)
+        return tr_keys, val_keys
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         if self._case_subset is None:
             return dataset_tr, dataset_val
-        labelled, unlabelled = self._labelled_and_unlabelled(dataset_tr)
+        flags = self.case_is_labelled()
+        labelled = [k for k in dataset_tr.identifiers if flags[k]]
+        unlabelled = [k for k in dataset_tr.identifiers if not flags[k]]
         keys = labelled if self._case_subset == "labelled" else (unlabelled or labelled)
+        if self._case_subset == "unlabelled" and not unlabelled:
+            self.print_to_log_file(f"{self.plans_manager.dataset_name}: no unlabelled case; the unlabelled terms use "
+                                   f"the labelled cases (without their labels)")
         subset = self.dataset_class(self.preprocessed_dataset_folder, keys,
                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         return subset, dataset_val
