@@ -23,9 +23,9 @@ Deviations from the paper / public code (documented in docs/maml.md):
   that resolution (parameter free; a late-fusion ensemble).
 - Missing modalities (``available_modalities``): only the available peers run; the attention module fuses the available
   ones; with a single available modality the network returns that peer's own prediction.
-- Optional modality dropout during training (``modality_dropout``, default 0 = off): with that probability a step fuses
-  a random subset (at least two, not all) of the modalities, so that the fusion also learns to work on subsets. The
-  peers are trained on every step regardless.
+- Modality dropout during training (attribute ``modality_dropout``: 0 here, 0.5 as set by ``nnUNetTrainerMAML``): with
+  that probability a step fuses a random subset (at least two, not all) of the modalities, so that the fusion also
+  learns to work on subsets. The peers are trained on every step regardless.
 - The peers use the plan's architecture class and hyper-parameters (normalization, kernel sizes, strides), scaled.
 """
 
