@@ -908,7 +908,8 @@ def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str],
         ctx = Context(spec, options, result, setting, scarce, a, b, device, log)
         link_raw(ctx)
         planned = plan(ctx)
-        splits = write_splits(ctx)
+        # fold 'all' trains on every training case and needs no split (nor the 5 cases a 5-fold split needs)
+        splits = write_splits(ctx) if any(fold != "all" for fold in folds) else {}
         trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
         for fold in folds:
             for method in methods:
