@@ -311,3 +311,28 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     assert not [line for line in lines if line.startswith("[start]")], lines
     assert len([line for line in lines if line.startswith("[skip]")]) == len(steps) + 1  # + the phantom
     assert (setting / "report" / "results.csv").read_text() == csv_text
+
+
+def test_update_docs_replaces_only_the_marked_section(tmp_path):
+    """benchmarks/update_docs.py: the results section between the markers is replaced, the rest of the page kept."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "update_docs.py"
+    spec = importlib.util.spec_from_file_location("update_docs", path)
+    update_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(update_docs)
+
+    result = tmp_path / "A__B__2d__2026-01-01"
+    (result / "full-label" / "report").mkdir(parents=True)
+    (result / "full-label" / "report" / "results.csv").write_text("method\nvanilla\n")
+    (result / "results.md").write_text("# Benchmark: A + B\n\n## Summary\n\n| a | b |\n")
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    docs.write_text(f"# Benchmarks\n\nintro\n\n{update_docs.START}\nstale results\n{update_docs.END}\n\nafter\n")
+    assert update_docs.main([str(result), "--docs", str(docs), "--copy-to", str(tmp_path / "copy"),
+                             "--note", "Machine: test."]) == 0
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n\n") and text.endswith("\nafter\n") and "stale results" not in text
+    assert "### Benchmark: A + B" in text and "#### Summary" in text and "Machine: test." in text
+    assert "(../copy)" in text and (tmp_path / "copy" / "full-label" / "results.csv").is_file()
+    assert update_docs.main([str(tmp_path / "missing")]) == 1
