@@ -48,6 +48,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -264,6 +265,13 @@ def marker_path(root: Path, step: str) -> Path:
     return root / "steps" / f"{step}.json"
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished children (the commands a step ran, including
+    the worker processes they waited for)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_step(root: Path, step: str, action: Callable[[Path], Mapping | None], log: Callable[[str], None] = say
              ) -> dict:
     """Run ``action(log_file)`` unless the step's marker exists; write the marker (with the action's result, the
@@ -276,10 +284,11 @@ def run_step(root: Path, step: str, action: Callable[[Path], Mapping | None], lo
     log(f"[start] {step}  ({_now()})")
     log_file = root / "logs" / f"{step}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     result = dict(action(log_file) or {})
     seconds = time.perf_counter() - start
-    data = {"step": step, **result, "seconds": seconds, "finished": _now()}
+    data = {"step": step, **result, "seconds": seconds, "cpu_seconds": _cpu_seconds() - cpu_start,
+            "finished": _now()}
     write_json_atomic(marker, data)
     log(f"[done] {step} in {seconds:.0f} s")
     return data
@@ -770,8 +779,13 @@ def step_times(markers: Sequence[Mapping]) -> str:
         kind = str(marker.get("step", "")).split("__")[0]
         groups[kind] = groups.get(kind, 0.0) + float(marker.get("seconds", 0.0))
     parts = ", ".join(f"{kind} {seconds / 60:.1f}" for kind, seconds in groups.items())
-    return (f"Wall time of this setting's steps: {sum(groups.values()) / 60:.1f} min ({parts} min), summed from the "
+    text = (f"Wall time of this setting's steps: {sum(groups.values()) / 60:.1f} min ({parts} min), summed from the "
             f"step markers (a step resumed after an interruption counts its last attempt only).")
+    if markers and all("cpu_seconds" in m for m in markers):
+        cpu = sum(float(m["cpu_seconds"]) for m in markers)
+        text += (f" CPU time (user + system, all processes of the steps): {cpu / 60:.1f} min, so an otherwise idle "
+                 f"machine with {os.cpu_count()} cores needs at least {cpu / 60 / (os.cpu_count() or 1):.1f} min.")
+    return text
 
 
 def machine_description(device: str) -> str:
