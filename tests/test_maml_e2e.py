@@ -225,7 +225,7 @@ def test_predict_missing_with_a_channel_file_deleted(trained_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_missing_refuses_bad_requests_against_a_real_model(trained_model, tmp_path, monkeypatch, capsys):
+def test_predict_missing_single_channel_and_bad_requests_in_process(trained_model, tmp_path, monkeypatch, capsys):
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         monkeypatch.setenv(name, trained_model["env"][name])  # restored afterwards, also if the command changes it
     inputs = tmp_path / "inputs"
@@ -241,3 +241,10 @@ def test_predict_missing_refuses_bad_requests_against_a_real_model(trained_model
     assert "--available names channel 1 but" in capsys.readouterr().err
     assert main(common + ["-f", "0"]) == 2
     assert "fold_0" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+    # one channel named: its own peer predicts alone
+    assert main(common + ["--available", "mod2", "-nps", "1"]) == 0
+    record = json.loads((tmp_path / "out" / "predict_missing.json").read_text())
+    assert record["available_per_case"] and all(v == [2] for v in record["available_per_case"].values())
+    dice = _check_geometry_and_dice(tmp_path / "out", trained_model["raw"])
+    print("MAML channel 2 only (its own peer), Dice per label:", dice)
