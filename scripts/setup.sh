@@ -12,7 +12,13 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch and torchvision must be a matching pair, or nnU-Net's trainer lookup crashes when it imports torchvision
 # (see README, "Installation"). The constraints file pins a pair that exists on the package index.
 echo "[setup] installing nnunet-unpaired and its dependencies (first run: several minutes, torch is large)"
-"${PIP[@]}" install -c scripts/constraints.txt -e ".[test]" 2>&1 | grep -v "is ignored: it is neither" || true
+LOG=$(mktemp)
+if ! "${PIP[@]}" install -c scripts/constraints.txt -e ".[test]" >"$LOG" 2>&1; then
+    grep -v "is ignored: it is neither" "$LOG" | tail -40
+    echo "[setup] pip install failed (full log: $LOG)" >&2
+    exit 1
+fi
+rm -f "$LOG"
 .venv/bin/python - <<'PY'
 import torch, torchvision
 from torchvision.ops import nms  # raises when torch and torchvision do not match
