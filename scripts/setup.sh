@@ -23,7 +23,7 @@ rm -f "$LOG"
 import torch, torchvision
 from torchvision.ops import nms  # raises when torch and torchvision do not match
 nms(torch.rand(2, 4), torch.rand(2), 0.5)
-import nnunetv2, nnunet_unpaired
+import importlib.metadata, nnunetv2, nnunet_unpaired
 print(f"[setup] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"nnunetv2 {nnunetv2.__version__ if hasattr(nnunetv2, '__version__') else ''}, "
       f"cuda available: {torch.cuda.is_available()}")
