@@ -25,6 +25,6 @@ from torchvision.ops import nms  # raises when torch and torchvision do not matc
 nms(torch.rand(2, 4), torch.rand(2), 0.5)
 import importlib.metadata, nnunetv2, nnunet_unpaired
 print(f"[setup] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, "
-      f"nnunetv2 {nnunetv2.__version__ if hasattr(nnunetv2, '__version__') else ''}, "
+      f"nnunetv2 {importlib.metadata.version('nnunetv2')}, "
       f"cuda available: {torch.cuda.is_available()}")
 PY
