@@ -93,7 +93,8 @@ def run(args) -> int:
                 "nnUNet_unpaired_val_iters": "5", "nnUNet_unpaired_no_mirroring": "1",
                 "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "2" if device == "cpu" else "8"),
                 "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "2"), "nnUNet_compile": "false",
-                "PYTHONUNBUFFERED": "1"})
+                # OpenMP threads that spin while waiting starve nnU-Net's augmentation workers on few cores
+                "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"})
     ids = (901, 902)
     names = [dataset_folder_name(ids[0], "CT"), dataset_folder_name(ids[1], "MR")]
     log = lambda name: os.path.join(work, "logs", name)  # noqa: E731
