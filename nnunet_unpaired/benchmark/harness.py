@@ -284,11 +284,11 @@ def run_step(root: Path, step: str, action: Callable[[Path], Mapping | None], lo
     log(f"[start] {step}  ({_now()})")
     log_file = root / "logs" / f"{step}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    start, cpu_start, load_start = time.perf_counter(), _cpu_seconds(), os.getloadavg()[0]
     result = dict(action(log_file) or {})
     seconds = time.perf_counter() - start
     data = {"step": step, **result, "seconds": seconds, "cpu_seconds": _cpu_seconds() - cpu_start,
-            "finished": _now()}
+            "load_average": [load_start, os.getloadavg()[0]], "finished": _now()}
     write_json_atomic(marker, data)
     log(f"[done] {step} in {seconds:.0f} s")
     return data
@@ -709,7 +709,14 @@ def collect_costs(ctx: Context, method: Method, models: Sequence[ModelRef], fold
             "peak_memory_mib": max(peaks) if peaks else math.nan,
             "inference_seconds_per_case": sum(p["wall_seconds"] for p in predicted) / max(1, cases),
             "training_wall_seconds": sum(m["seconds"] for m in train_markers), "training_runs": len(runs),
+            # the machine's 1-minute load average at the start and end of each training run (a shared machine slows
+            # whatever runs while it is busy: compare the cost ratios with this in mind)
+            "training_load_average": _mean([v for m in train_markers for v in m.get("load_average", [])]),
             "timed_iterations": n_iterations, "peak_memory_kind": "+".join(k for k in kinds if k)}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def _logging(ctx: Context, model: ModelRef, fold: str) -> dict:
@@ -821,7 +828,8 @@ def summary_markdown(spec: BenchmarkSpec, options: RunOptions, result: Path, dev
              f"- result folder: `{result.name}`", ""]
     lines += ["## Summary: mean Dice over structures", "",
               ("Mean over the structures of the mean Dice over test cases and folds; Δ = method - vanilla. Training "
-               "wall time is the sum over the method's training runs (vanilla: one per modality)."), ""]
+               "wall time is the sum over the method's training runs (vanilla: one per modality); 'load' is the "
+               "machine's mean 1-minute load average at the start and end of those runs."), ""]
     methods = list(dict.fromkeys(str(c["method"]) for s in settings for c in s["costs"]))
     methods.sort(key=lambda m: m != BASELINE)
     header = ["setting", "modality"] + methods
@@ -837,11 +845,17 @@ def summary_markdown(spec: BenchmarkSpec, options: RunOptions, result: Path, dev
                     cell += f" (Δ {value - base:+.3f})"
                 cells.append(cell)
             body.append([s["title"], modality] + cells)
-        walls = {str(c["method"]): 0.0 for c in s["costs"]}
+        walls: dict[str, float] = {}
+        loads: dict[str, list[float]] = {}
         for c in s["costs"]:
-            walls[str(c["method"])] += float(c["training_wall_seconds"])
-        body.append([s["title"], "training wall time"] + [f"{walls[m] / 60:.1f} min" if m in walls else "n/a"
-                                                           for m in methods])
+            walls[str(c["method"])] = walls.get(str(c["method"]), 0.0) + float(c["training_wall_seconds"])
+            if math.isfinite(float(c.get("training_load_average", math.nan))):
+                loads.setdefault(str(c["method"]), []).append(float(c["training_load_average"]))
+        cells = []
+        for m in methods:
+            cell = f"{walls[m] / 60:.1f} min" if m in walls else "n/a"
+            cells.append(cell + (f" (load {_mean(loads[m]):.1f})" if loads.get(m) else ""))
+        body.append([s["title"], "training wall time"] + cells)
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body] + [""]
     for s in settings:
