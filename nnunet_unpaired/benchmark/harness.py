@@ -239,6 +239,9 @@ class Context:
         env.update(dict(self.options.env))
         if self.device == "cpu":
             env["nnUNet_compile"] = "false"
+            # idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads made every training
+            # several times slower (and by how much depended on the load, which distorts the cost ratios)
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["PYTHONUNBUFFERED"] = "1"
         if method is not None:
             env.update(method.env)
