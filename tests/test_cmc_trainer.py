@@ -84,11 +84,12 @@ def test_ramps_and_loaders_keep_labelled_and_unlabelled_apart(semi_pair, monkeyp
     _, env = semi_pair
     trainer = _trainer(env, monkeypatch, fold=0)
     trainer.num_epochs = 10
+    trainer.csc_weight, trainer.cac_weight = 0.5, 2.0
     w_csc, w_cac = trainer.consistency_weights(0)
-    assert w_csc == pytest.approx(math.exp(-5)) and w_cac == pytest.approx(1.0)
+    assert w_csc == pytest.approx(0.5 * math.exp(-5)) and w_cac == pytest.approx(2.0)
     w_csc, w_cac = trainer.consistency_weights(5)
-    assert w_csc == pytest.approx(math.exp(-5 / 4)) and w_cac == pytest.approx(0.5)
-    assert trainer.consistency_weights(10) == (pytest.approx(1.0), pytest.approx(0.0))
+    assert w_csc == pytest.approx(0.5 * math.exp(-5 / 4)) and w_cac == pytest.approx(1.0)
+    assert trainer.consistency_weights(10) == (pytest.approx(0.5), pytest.approx(0.0))
 
     split = load_json(os.path.join(env["nnUNet_preprocessed"], NAMES[0], "splits_final.json"))[0]
     record_a, record_b = _record(env, 0), _record(env, 1)
