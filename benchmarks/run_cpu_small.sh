@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The cpu-small benchmark: synthetic phantom (2D configuration, small network), vanilla nnU-Net vs the joint trainer,
+# UMMKD and EAM (METHODS="..." picks others),
 # full-label and scarce-label B (2 labelled MR cases), then the results section of docs/benchmarks.md.
 #
 #   benchmarks/run_cpu_small.sh                 # about an hour on 2 CPU cores; reruns resume
@@ -15,7 +16,7 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 OUT="${NNUNET_UNPAIRED_BENCHMARK_OUTPUT:-$HOME/nnunet_unpaired_benchmarks}"
 DATE="${BENCHMARK_DATE:-$(date +%F)}"
 
-"$PY" -m nnunet_unpaired.cli benchmark --preset cpu-small --phantom --methods vanilla joint --scarce-b 2 \
+"$PY" -m nnunet_unpaired.cli benchmark --preset cpu-small --phantom --methods ${METHODS:-vanilla joint ummkd eam} --scarce-b 2 \
     --output "$OUT" --date "$DATE" "$@"
 
 RESULT="$OUT/Dataset901_PhantomCT__Dataset902_PhantomMR__2d__$DATE"

@@ -83,13 +83,29 @@ def test_harness_default_methods_are_the_runnable_kinds_vanilla_first(clean_regi
     assert "probe_uda" not in names
 
 
-def test_harness_adds_vanilla_and_refuses_kinds_it_cannot_run(clean_registry):
+def test_harness_adds_vanilla_and_refuses_kinds_it_cannot_run(clean_registry, monkeypatch):
     lines = []
     assert [m.name for m in harness.resolve_methods(["joint"], log=lines.append)] == ["vanilla", "joint"]
     assert "adding 'vanilla'" in lines[0]
     registry.register(Method("probe_semi", "nnUNetTrainerProbeSemi", "semi"))
+    monkeypatch.delitem(harness.EXPERIMENTS, "semi")
     with pytest.raises(NotImplementedError, match="'probe_semi'.*kind 'semi'.*KIND_RUNNERS"):
         harness.resolve_methods(["joint", "probe_semi"], log=lambda _: None)
+    # an experiment module without run_settings is no runner either
+    monkeypatch.setitem(harness.EXPERIMENTS, "semi", "nnunet_unpaired.benchmark.report")
+    with pytest.raises(NotImplementedError, match="'probe_semi'"):
+        harness.resolve_methods(["probe_semi"], log=lambda _: None)
+
+
+def test_experiment_kinds_get_their_methods_and_pair_settings_only_when_asked(clean_registry):
+    vanilla, joint = registry.get("vanilla"), registry.get("joint")
+    uda = registry.register(Method("probe_uda2", "nnUNetTrainerProbeUDA", "uda"))
+    semi = registry.register(Method("probe_semi2", "nnUNetTrainerProbeSemi", "semi"))
+    assert harness.pair_methods([vanilla, uda]) == []  # vanilla alone does not run the pair settings for uda
+    assert harness.pair_methods([vanilla]) == [vanilla]
+    assert harness.pair_methods([vanilla, joint, uda]) == [vanilla, joint]
+    assert harness.experiment_methods([vanilla, joint, uda, semi]) == {"uda": [vanilla, uda],
+                                                                       "semi": [vanilla, semi]}
 
 
 def test_new_kind_plugs_in_through_the_dispatch_table(clean_registry, monkeypatch):

@@ -19,7 +19,7 @@ HELP = "train and compare methods against vanilla nnU-Net"
 
 # options without a default value of their own (absent from the parsed arguments when not given)
 _OPTIONAL = ("pair", "configuration", "methods", "epochs", "iters", "val_iters", "max_features", "batch_size",
-             "num_train", "num_test", "date", "device")
+             "num_train", "num_test", "date", "device", "multichannel_dataset")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the scarce-label setting: B trains with only N labelled cases per fold, A "
                              "keeps all (test cases unchanged)")
     parser.add_argument("--no-full-label", action="store_true", help="run only the --scarce-b setting(s)")
+    parser.add_argument("--uda-directions", nargs="+", choices=("a2b", "b2a"), default=["a2b", "b2a"],
+                        help="uda methods (glua, ...): adaptation directions, a2b = A labelled source, B unlabelled "
+                             "target (default: both)")
+    parser.add_argument("--semi-labelled", type=int, nargs="+", default=[10, 20], metavar="PERCENT",
+                        help="semi methods (cmc): share of labelled training cases per modality (default: 10 20)")
+    parser.add_argument("--no-semi-misaligned", action="store_true",
+                        help="semi methods: skip the settings with modality B spatially misaligned")
+    parser.add_argument("--multichannel-dataset", default=none,
+                        help="multichannel methods (maml): a raw multi-channel dataset in $nnUNet_raw (id or name) "
+                             "with imagesTs/labelsTs; default: the built-in multi-channel phantom")
     parser.add_argument("--output", default="nnunet_unpaired_benchmarks",
                         help="folder for results; each benchmark gets <A>__<B>__<configuration>__<date> inside")
     parser.add_argument("--date", default=none,
@@ -100,7 +110,14 @@ def build(args: argparse.Namespace):
                          full_label=not args.no_full_label, device=args.device, restart=args.restart, date=args.date,
                          env=tuple((k, v) for k, v in preset.env if not os.environ.get(k)),
                          predict_processes=preset.predict_processes,
-                         plan_processes=args.num_processes)
+                         plan_processes=args.num_processes,
+                         uda_directions=tuple(dict.fromkeys(args.uda_directions)),
+                         semi_percent=tuple(dict.fromkeys(args.semi_labelled)),
+                         semi_misaligned=not args.no_semi_misaligned,
+                         multichannel_dataset=args.multichannel_dataset)
+    if any(not 0 < p < 100 for p in options.semi_percent):
+        raise UserError(f"--semi-labelled takes percentages between 0 and 100 (exclusive), got "
+                        f"{' '.join(map(str, options.semi_percent))}")
     return spec, options
 
 

@@ -166,6 +166,11 @@ class RunOptions:
     env: tuple[tuple[str, str], ...] = ()  # nnU-Net variables for every command (worker counts), see Preset.env
     predict_processes: tuple[int, int] | None = None
     plan_processes: int = 2
+    # experiments (kinds with settings of their own, see EXPERIMENTS)
+    uda_directions: tuple[str, ...] = ("a2b", "b2a")  # uda: source -> target, a2b = A labelled, B the target
+    semi_percent: tuple[int, ...] = (10, 20)  # semi: share of labelled training cases per modality, in percent
+    semi_misaligned: bool = True  # semi: also each share with modality B spatially misaligned
+    multichannel_dataset: str | None = None  # multichannel: the user's raw multi-channel dataset; None: the phantom
 
 
 @dataclass(frozen=True)
@@ -592,20 +597,60 @@ def train_unpaired(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
             ModelRef(ctx.b, method.trainer, run, "train_seg_B", None)]
 
 
-#: kind -> function that trains a method of that kind for one fold and returns one model per modality.
-#: Later families add e.g. ``uda``, ``semi``, ``multichannel`` here.
+#: kind -> function that trains a method of that kind for one fold (in a setting of the A/B pair) and returns one
+#: model per modality to predict.
 KIND_RUNNERS: dict[str, Callable[[Context, Method, str], list[ModelRef]]] = {
     "single": train_single,
     "unpaired": train_unpaired,
 }
 
+#: kind -> module of an EXPERIMENT: a kind whose methods need settings of their own (other data, other splits,
+#: other baselines) rather than the full-label/scarce-label settings of the pair. The module defines
+#: ``run_settings(inp: ExperimentInput) -> list[dict]`` (one setting summary each, see :func:`setting_summary`).
+EXPERIMENTS: dict[str, str] = {
+    "uda": "nnunet_unpaired.benchmark.uda",
+    "semi": "nnunet_unpaired.benchmark.semi",
+    "multichannel": "nnunet_unpaired.benchmark.multichannel",
+}
+
+
+@dataclass
+class ExperimentInput:
+    """What an experiment module gets: the benchmark, the pair (A, B), its methods (vanilla first) and the output."""
+
+    spec: BenchmarkSpec
+    options: RunOptions
+    result: Path
+    a: Dataset
+    b: Dataset
+    methods: list[Method]  # the experiment's methods of its kind, with vanilla first
+    device: str
+    log: Callable[[str], None] = say
+
+
+def experiment_runner(kind: str) -> Callable[[ExperimentInput], list[dict]] | None:
+    """The ``run_settings`` function of an experiment kind, None when the kind has none (or its module is absent)."""
+    import importlib
+
+    module_name = EXPERIMENTS.get(kind)
+    if module_name is None:
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        return None
+    return getattr(module, "run_settings", None)
+
 
 def check_supported(method: Method) -> None:
-    if method.kind not in KIND_RUNNERS:
+    if method.kind not in KIND_RUNNERS and experiment_runner(method.kind) is None:
         raise NotImplementedError(
             f"benchmark method {method.name!r} (trainer {method.trainer}) has kind {method.kind!r}, which the "
             f"benchmark harness cannot run yet (it runs kinds: {', '.join(sorted(KIND_RUNNERS))}). Add a runner for "
-            f"{method.kind!r} to KIND_RUNNERS in nnunet_unpaired/benchmark/harness.py.")
+            f"{method.kind!r} to KIND_RUNNERS (or an experiment module to EXPERIMENTS) in "
+            f"nnunet_unpaired/benchmark/harness.py.")
 
 
 def train_method(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
@@ -838,7 +883,7 @@ def summary_markdown(spec: BenchmarkSpec, options: RunOptions, result: Path, dev
     header = ["setting", "modality"] + methods
     body = []
     for s in settings:
-        for modality in (a.name, b.name):
+        for modality in dict.fromkeys(str(r["modality"]) for r in s["rows"]):
             base = _mean_dice(s["rows"], BASELINE, modality)
             cells = []
             for m in methods:
@@ -862,7 +907,10 @@ def summary_markdown(spec: BenchmarkSpec, options: RunOptions, result: Path, dev
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body] + [""]
     for s in settings:
-        lines += [f"## Setting: {s['title']}", "", s["note"], "", step_times(s["steps"]), ""]
+        lines += [f"## Setting: {s['title']}", "", s["note"], ""]
+        if s.get("headline"):
+            lines += [s["headline"], ""]
+        lines += [step_times(s["steps"]), ""]
         text = s["markdown"].split("\n")
         if text and text[0].startswith("# "):
             text = text[1:]
@@ -890,6 +938,22 @@ def resolve_methods(names: Sequence[str] | None, log: Callable[[str], None] = sa
     return sorted(methods, key=lambda m: m.name != BASELINE)
 
 
+def pair_methods(methods: Sequence[Method]) -> list[Method]:
+    """The methods of the pair settings (full-label, scarce-label): kinds with a KIND_RUNNERS entry. Vanilla alone
+    runs them only when no experiment method was asked for."""
+    mine = [m for m in methods if m.kind in KIND_RUNNERS]
+    if all(m.name == BASELINE for m in mine) and any(m.kind not in KIND_RUNNERS for m in methods):
+        return []
+    return mine
+
+
+def experiment_methods(methods: Sequence[Method]) -> dict[str, list[Method]]:
+    """kind -> its methods with vanilla first, for every experiment kind among ``methods``."""
+    vanilla = [m for m in methods if m.name == BASELINE]
+    kinds = dict.fromkeys(m.kind for m in methods if m.kind not in KIND_RUNNERS)
+    return {kind: vanilla + [m for m in methods if m.kind == kind] for kind in kinds}
+
+
 def settings_of(options: RunOptions) -> list[tuple[str, int | None]]:
     settings = [(FULL_LABEL, None)] if options.full_label else []
     settings += [(f"scarce-b{n}", n) for n in dict.fromkeys(options.scarce_b)]
@@ -905,6 +969,53 @@ def _parse_fold(fold: str) -> str:
     if fold != "all" and not fold.isdigit():
         raise UserError(f"fold {fold!r} is neither a number nor 'all'")
     return fold
+
+
+def train_predict_evaluate(ctx: Context, methods: Sequence[Method], folds: Sequence[str]
+                           ) -> dict[tuple[str, str], tuple[Method, list[ModelRef]]]:
+    """Train every method on every fold (its kind's runner), predict its models' test cases and evaluate them."""
+    trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
+    for fold in folds:
+        for method in methods:
+            models = train_method(ctx, method, fold)
+            for model in models:
+                predict(ctx, method, model, fold)
+                evaluate(ctx, method, model, fold)
+            trained[(method.name, fold)] = (method, models)
+    return trained
+
+
+def setting_summary(ctx: Context, trained: Mapping[tuple[str, str], tuple[Method, list[ModelRef]]], title: str,
+                    note: str, planned: Mapping, headline: str = "") -> dict:
+    """Write the setting's report and return its summary (what ``results.md`` shows of it). ``headline``: markdown
+    an experiment puts first in its section (e.g. its own summary table)."""
+    ctx.log(f"[report] {ctx.setting}")
+    made = write_setting_report(ctx, trained)
+    markers = [json.loads(p.read_text()) for p in sorted((ctx.root / "steps").glob("*.json"))]
+    return {"name": ctx.setting, "steps": markers, "title": title, "note": note, "plan": planned,
+            "rows": made["rows"], "costs": made["costs"], "files": made["files"], "headline": headline,
+            "markdown": (ctx.root / "report" / "results.md").read_text()}
+
+
+def run_pair_setting(ctx: Context, methods: Sequence[Method], folds: Sequence[str]) -> dict:
+    """One setting of the pair (full-label or scarce-label B): plan, splits, every method, report."""
+    link_raw(ctx)
+    planned = plan(ctx)
+    # fold 'all' trains on every training case and needs no split (nor the 5 cases a 5-fold split needs)
+    splits = write_splits(ctx) if any(fold != "all" for fold in folds) else {}
+    trained = train_predict_evaluate(ctx, methods, folds)
+    a, b, scarce = ctx.a, ctx.b, ctx.scarce_b
+    if scarce is None:
+        title, note = "full-label", "Both modalities train on all their labelled training cases of the fold."
+    else:
+        chosen = splits.get(b.name, {}).get("train_cases", [])
+        shown = "; ".join(f"fold {f}: {', '.join(chosen[int(f)])}" for f in folds if f.isdigit()
+                          and int(f) < len(chosen))
+        title = f"scarce-label B (N={scarce})"
+        note = (f"{b.name} (B) trains on only {scarce} labelled case(s) per fold ({shown}); {a.name} (A) keeps "
+                f"all of its training cases; validation and test cases are unchanged. Vanilla-B and every other "
+                f"method see the same {scarce} labelled B case(s).")
+    return setting_summary(ctx, trained, title, note, planned)
 
 
 def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str], None] = say) -> Path:
@@ -927,44 +1038,25 @@ def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str],
 
         names = (dataset_folder_name(PHANTOM_IDS[0], "CT"), dataset_folder_name(PHANTOM_IDS[1], "MR"))
     result = result_folder(spec, options, names)
+    chosen = pair_methods(methods)
+    experiments = experiment_methods(methods)
+    runs = [s for s, _ in settings] if chosen else []
     log(f"benchmark of {', '.join(m.name for m in methods)} on {names[0]} + {names[1]} ({spec.configuration}), "
-        f"folds {', '.join(folds)}, settings {', '.join(s for s, _ in settings)}, device {device}")
+        f"folds {', '.join(folds)}, settings {', '.join(runs + [f'{k} experiment' for k in experiments])}, "
+        f"device {device}")
     log(f"result folder: {result}")
     prepare_result_folder(result, spec, options.restart, log)
     a, b = prepare_data(spec, result, log)
 
     summaries = []
-    for setting, scarce in settings:
+    for setting, scarce in (settings if chosen else []):
         log(f"== setting {setting}")
         ctx = Context(spec, options, result, setting, scarce, a, b, device, log)
-        link_raw(ctx)
-        planned = plan(ctx)
-        # fold 'all' trains on every training case and needs no split (nor the 5 cases a 5-fold split needs)
-        splits = write_splits(ctx) if any(fold != "all" for fold in folds) else {}
-        trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
-        for fold in folds:
-            for method in methods:
-                models = train_method(ctx, method, fold)
-                for model in models:
-                    predict(ctx, method, model, fold)
-                    evaluate(ctx, method, model, fold)
-                trained[(method.name, fold)] = (method, models)
-        log(f"[report] {setting}")
-        made = write_setting_report(ctx, trained)
-        if scarce is None:
-            title, note = "full-label", "Both modalities train on all their labelled training cases of the fold."
-        else:
-            chosen = splits.get(b.name, {}).get("train_cases", [])
-            shown = "; ".join(f"fold {f}: {', '.join(chosen[int(f)])}" for f in folds if f.isdigit()
-                              and int(f) < len(chosen))
-            title = f"scarce-label B (N={scarce})"
-            note = (f"{b.name} (B) trains on only {scarce} labelled case(s) per fold ({shown}); {a.name} (A) keeps "
-                    f"all of its training cases; validation and test cases are unchanged. Vanilla-B and every other "
-                    f"method see the same {scarce} labelled B case(s).")
-        markers = [json.loads(p.read_text()) for p in sorted((ctx.root / "steps").glob("*.json"))]
-        summaries.append({"name": setting, "steps": markers, "title": title, "note": note, "plan": planned,
-                          "rows": made["rows"], "costs": made["costs"], "files": made["files"],
-                          "markdown": (ctx.root / "report" / "results.md").read_text()})
+        summaries.append(run_pair_setting(ctx, chosen, folds))
+    for kind, kind_methods in experiments.items():
+        log(f"== experiment {kind}: {', '.join(m.name for m in kind_methods)}")
+        runner = experiment_runner(kind)
+        summaries += runner(ExperimentInput(spec, options, result, a, b, kind_methods, device, log))
     text = summary_markdown(spec, options, result, device, a, b, summaries)
     tmp = result / f".results.md.tmp{os.getpid()}"
     tmp.write_text(text)
