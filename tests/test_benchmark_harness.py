@@ -336,3 +336,12 @@ def test_update_docs_replaces_only_the_marked_section(tmp_path):
     assert "### Benchmark: A + B" in text and "#### Summary" in text and "Machine: test." in text
     assert "(../copy)" in text and (tmp_path / "copy" / "full-label" / "results.csv").is_file()
     assert update_docs.main([str(tmp_path / "missing")]) == 1
+    # an experiment's own section: only its markers are replaced, the pair section stays
+    start, end = update_docs.markers("uda")
+    docs.write_text(text + f"\n{start}\nold uda\n{end}\n")
+    assert update_docs.main([str(result), "--docs", str(docs), "--section", "uda"]) == 0
+    updated = docs.read_text()
+    assert updated.startswith(text) and "old uda" not in updated and "run_cpu_small_uda.sh" in updated
+    docs.write_text(text)  # no uda markers: refused with the lines to add
+    with pytest.raises(SystemExit, match="cpu-small uda results: start"):
+        update_docs.main([str(result), "--docs", str(docs), "--section", "uda"])
