@@ -20,5 +20,9 @@ DATE="${BENCHMARK_DATE:-$(date +%F)}"
     --output "$OUT" --date "$DATE" "$@"
 
 RESULT="$OUT/Dataset901_PhantomCT__Dataset902_PhantomMR__2d__$DATE"
+# inference cost per case of every deployed model against vanilla's, interleaved (benchmarks/inference_speed.py)
+for SETTING in "$RESULT"/*/steps; do
+    "$PY" "$REPO/benchmarks/inference_speed.py" "$RESULT" --setting "$(basename "$(dirname "$SETTING")")"
+done
 "$PY" "$REPO/benchmarks/update_docs.py" "$RESULT" --docs "$REPO/docs/benchmarks.md" \
     --copy-to "$REPO/benchmarks/results/cpu-small" --note "${BENCHMARK_MACHINE_NOTE:-}"

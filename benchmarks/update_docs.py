@@ -55,7 +55,11 @@ def section(result: Path, docs: Path, copied_to: Path | None, note: str, name: s
         relative = os.path.relpath(copied_to, docs.parent)
         lines.append(f"The reports (CSV of every number, plots) are in [`{relative}`]({relative}); "
                      f"the plot file names below are relative to that folder.")
-    lines += ["", demote(text, 2), "", end]
+    lines += ["", demote(text, 2)]
+    for measured in sorted(result.glob("*/report/inference_speed.md")):  # benchmarks/inference_speed.py
+        lines += ["", f"#### Inference cost, interleaved ({measured.parent.parent.name})", "",
+                  measured.read_text().strip()]
+    lines += ["", end]
     return "\n".join(lines)
 
 

@@ -326,6 +326,7 @@ def test_update_docs_replaces_only_the_marked_section(tmp_path):
     (result / "full-label" / "report").mkdir(parents=True)
     (result / "full-label" / "report" / "results.csv").write_text("method\nvanilla\n")
     (result / "results.md").write_text("# Benchmark: A + B\n\n## Summary\n\n| a | b |\n")
+    (result / "full-label" / "report" / "inference_speed.md").write_text("| dataset | method |\n| CT | eam |\n")
     docs = tmp_path / "docs" / "benchmarks.md"
     docs.parent.mkdir()
     docs.write_text(f"# Benchmarks\n\nintro\n\n{update_docs.START}\nstale results\n{update_docs.END}\n\nafter\n")
@@ -335,6 +336,7 @@ def test_update_docs_replaces_only_the_marked_section(tmp_path):
     assert text.startswith("# Benchmarks\n\nintro\n\n") and text.endswith("\nafter\n") and "stale results" not in text
     assert "### Benchmark: A + B" in text and "#### Summary" in text and "Machine: test." in text
     assert "(../copy)" in text and (tmp_path / "copy" / "full-label" / "results.csv").is_file()
+    assert "#### Inference cost, interleaved (full-label)" in text and "| CT | eam |" in text
     assert update_docs.main([str(tmp_path / "missing")]) == 1
     # an experiment's own section: only its markers are replaced, the pair section stays
     start, end = update_docs.markers("uda")
