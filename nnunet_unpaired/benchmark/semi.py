@@ -237,8 +237,8 @@ def misalign_dataset(source: Path, target: Path, seed: int = MISALIGN_SEED,
     Returns:
         The record stored under :data:`MISALIGNED_KEY`.
     """
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
     import SimpleITK as sitk
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
     if not 0 <= max_shift_fraction < 0.5 or not 0 <= max_rotation_degrees <= 180:
         raise ValueError(f"max_shift_fraction must be in [0, 0.5) and max_rotation_degrees in [0, 180], got "
