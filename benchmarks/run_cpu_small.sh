@@ -3,7 +3,7 @@
 # UMMKD and EAM (METHODS="..." picks others),
 # full-label and scarce-label B (2 labelled MR cases), then the results section of docs/benchmarks.md.
 #
-#   benchmarks/run_cpu_small.sh                 # about an hour on 2 CPU cores; reruns resume
+#   benchmarks/run_cpu_small.sh                 # about 40 minutes on 2 CPU cores; reruns resume
 #   BENCHMARK_DATE=2026-11-22 benchmarks/run_cpu_small.sh    # resume a run started on another day
 #   benchmarks/run_cpu_small.sh --restart       # extra options go to 'nnunet_unpaired benchmark'
 #

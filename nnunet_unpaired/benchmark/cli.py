@@ -2,7 +2,7 @@
 
 Examples::
 
-    nnunet_unpaired benchmark --preset cpu-small --scarce-b 2          # phantom, vanilla + joint, ~1 h on 2 cores
+    nnunet_unpaired benchmark --preset cpu-small --scarce-b 2          # phantom: the pair methods, ~40 min on 2 cores
     nnunet_unpaired benchmark --pair 701 702 -c 3d_fullres --folds 0 1 2 3 4 --preset full
 
 See :mod:`nnunet_unpaired.benchmark.harness` for the steps and the folder layout, and docs/benchmarks.md.

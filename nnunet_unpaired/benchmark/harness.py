@@ -104,8 +104,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "cpu-small": Preset(
-        "cpu-small", "2D phantom, small network, short budget: vanilla + joint, full-label and scarce-B, on 2 CPU "
-        "cores in under an hour", configuration="2d", epochs=10, iters=40, val_iters=4, no_mirroring=True,
+        "cpu-small", "2D phantom, small network, short budget (10 x 40 iterations); each experiment in about an "
+        "hour or less on 2 CPU cores", configuration="2d", epochs=10, iters=40, val_iters=4, no_mirroring=True,
         max_features=32, batch_size=8, env=(("nnUNet_n_proc_DA", "2"), ("nnUNet_def_n_proc", "1")),
         predict_processes=(0, 0)),
     "full": Preset(
