@@ -868,15 +868,16 @@ def summary_markdown(spec: BenchmarkSpec, options: RunOptions, result: Path, dev
     else:
         data = f"the raw datasets {a.name} and {b.name}"
     lines = [f"# Benchmark: {a.name} (A) + {b.name} (B), {spec.configuration}", "",
-             f"- data: {data} (test cases: imagesTs/labelsTs, never trained on)",
+             f"- data: {data} (test cases: imagesTs/labelsTs, never trained on); an experiment (uda, semi, "
+             f"multichannel) derives its own data from it or brings its own, described in its section",
              f"- budget, the same for every method: {budget_text}",
-             (f"- network: batch size {plan.get('batch_size')}, patch {plan.get('patch_size')}, features per "
-              f"stage {plan.get('features_per_stage')}"),
+             (f"- network (first setting): batch size {plan.get('batch_size')}, patch {plan.get('patch_size')}, "
+              f"features per stage {plan.get('features_per_stage')}"),
              f"- folds: {', '.join(options.folds)}; machine: {machine_description(device)}; device: {device}",
              f"- result folder: `{result.name}`", ""]
     lines += ["## Summary: mean Dice over structures", "",
               ("Mean over the structures of the mean Dice over test cases and folds; Δ = method - vanilla. Training "
-               "wall time is the sum over the method's training runs (vanilla: one per modality); 'load' is the "
+               "wall time is the sum over the method's training runs (vanilla: one per dataset); 'load' is the "
                "machine's mean 1-minute load average at the start and end of those runs."), ""]
     methods = list(dict.fromkeys(str(c["method"]) for s in settings for c in s["costs"]))
     methods.sort(key=lambda m: m != BASELINE)
