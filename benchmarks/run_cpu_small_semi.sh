@@ -4,7 +4,7 @@
 # CMC against vanilla nnU-Net (per modality, labelled cases) and the joint trainer (labelled cases of both). Then the
 # semi results section of docs/benchmarks.md.
 #
-#   benchmarks/run_cpu_small_semi.sh                  # about 45 min on 2 idle CPU cores; reruns resume
+#   benchmarks/run_cpu_small_semi.sh                  # about 40 min on 2 idle CPU cores; reruns resume
 #   BENCHMARK_DATE=2026-11-22 benchmarks/run_cpu_small_semi.sh    # resume a run started on another day
 #   benchmarks/run_cpu_small_semi.sh --restart        # extra options go to 'nnunet_unpaired benchmark'
 #
