@@ -512,7 +512,8 @@ def headline(ctx: Context, methods: Sequence[Method], rows: Sequence[Mapping], c
     lines = ["### Mean Dice per test-time input", "",
              ("Mean over the structures of the mean Dice over test cases and folds. Δ: against vanilla with all "
               "channels (first row) or against vanilla with the channel zero-filled (other rows). A structure "
-              "visible in the missing channel only cannot be found without it, whatever the model."), "",
+              "visible in the missing channel only can at best be guessed from where it tends to lie (a model "
+              "trained without that channel learns to; the others have no reason to)."), "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body] + [""]
 
