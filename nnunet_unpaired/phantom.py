@@ -267,7 +267,7 @@ def write_modality(raw_root: str, dataset_id: int, modality: str, config: Phanto
             _write_nifti(lab, header, os.path.join(tmp, f"labels{split}", f"{case}.nii.gz"))
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(dataset_json(modality, config.num_train, config), f, indent=2)
-        _replace_folder(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -291,7 +291,9 @@ def _refuse_foreign_folder(target: str) -> None:
                         f"Choose other ids with --ids or remove that folder yourself.")
 
 
-def _replace_folder(new: str, target: str) -> None:
+def replace_folder(new, target) -> None:
+    """Put the finished folder ``new`` at ``target`` by renames (an existing ``target`` is removed only after)."""
+    new, target = str(new), str(target)
     if os.path.exists(target):
         old = target + ".old"
         shutil.rmtree(old, ignore_errors=True)

@@ -54,6 +54,7 @@ from nnunet_unpaired.benchmark import harness, registry, report
 from nnunet_unpaired.benchmark.harness import Context, Dataset, ExperimentInput, ModelRef
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.phantom import replace_folder
 
 BASELINE = report.BASELINE
 #: the second baseline of every semi setting (registry name; kind ``unpaired``)
@@ -295,13 +296,7 @@ def misalign_dataset(source: Path, target: Path, seed: int = MISALIGN_SEED,
         new_json = {k: v for k, v in dataset_json.items() if k != "dataset"}
         new_json[MISALIGNED_KEY] = record
         (tmp / "dataset.json").write_text(json.dumps(new_json, indent=2))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
