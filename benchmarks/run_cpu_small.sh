@@ -10,11 +10,7 @@
 # Environment: NNUNET_UNPAIRED_BENCHMARK_OUTPUT (default ~/nnunet_unpaired_benchmarks), PYTHON (default: the
 # repository's .venv), BENCHMARK_MACHINE_NOTE (a sentence about the machine, e.g. that it was shared during the run).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-$REPO/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
-OUT="${NNUNET_UNPAIRED_BENCHMARK_OUTPUT:-$HOME/nnunet_unpaired_benchmarks}"
-DATE="${BENCHMARK_DATE:-$(date +%F)}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 "$PY" -m nnunet_unpaired.cli benchmark --preset cpu-small --phantom --methods ${METHODS:-vanilla joint ummkd eam} --scarce-b 2 \
     --output "$OUT" --date "$DATE" "$@"

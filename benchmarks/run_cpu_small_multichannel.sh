@@ -12,11 +12,7 @@
 # repository's .venv), METHODS (default: maml), BENCHMARK_MACHINE_NOTE (a sentence about the machine, e.g. that it
 # was shared during the run).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-$REPO/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
-OUT="${NNUNET_UNPAIRED_BENCHMARK_OUTPUT:-$HOME/nnunet_unpaired_benchmarks}"
-DATE="${BENCHMARK_DATE:-$(date +%F)}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 "$PY" -m nnunet_unpaired.cli benchmark --preset cpu-small --phantom --methods ${METHODS:-maml} \
     --output "$OUT" --date "$DATE" "$@"
