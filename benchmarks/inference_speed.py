@@ -46,8 +46,8 @@ def _state_signature(network) -> dict[str, tuple[int, ...]]:
 
 def measure(root: Path, repeats: int, device: str, log=print) -> list[dict]:
     import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     spec = json.loads((root.parent / "benchmark.json").read_text())["spec"]
     rows = []

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.crossval_split import generate_crossval_split
+from pairs import SMALL
 
-from nnunet_unpaired.benchmark import cli, harness, report
-from nnunet_unpaired.benchmark.harness import (BenchmarkSpec, RunOptions, default_splits, median_after_warmup,
-                                               prepare_result_folder, run_step, scarce_splits)
+from nnunet_unpaired.benchmark import cli, config, evaluation, harness, report, steps
+from nnunet_unpaired.benchmark.config import BenchmarkSpec, RunOptions
+from nnunet_unpaired.benchmark.costs import median_after_warmup
+from nnunet_unpaired.benchmark.data import default_splits, scarce_splits
+from nnunet_unpaired.benchmark.steps import prepare_result_folder, run_step
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.training import budget
-
-from pairs import SMALL
 
 CASES = [f"case_{i:02d}" for i in range(10)]
 
@@ -167,7 +168,7 @@ def test_failed_step_leaves_no_marker(tmp_path):
 
 def _spec(**changes) -> BenchmarkSpec:
     values = dict(datasets=None, configuration="2d", epochs=2, iters=3, val_iters=1, no_mirroring=True,
-                  max_features=8, batch_size=2, phantom=harness.phantom_spec(5, 2, **SMALL))
+                  max_features=8, batch_size=2, phantom=config.phantom_spec(5, 2, **SMALL))
     values.update(changes)
     return BenchmarkSpec(**values)
 
@@ -194,10 +195,10 @@ def test_result_folder_refuses_other_benchmark_and_restarts(tmp_path):
 
 def test_result_folder_name(tmp_path):
     options = RunOptions(output=tmp_path, date="2026-01-31")
-    path = harness.result_folder(_spec(), options, ("DatasetA", "DatasetB"))
+    path = steps.result_folder(_spec(), options, ("DatasetA", "DatasetB"))
     assert path == tmp_path.resolve() / "DatasetA__DatasetB__2d__2026-01-31"
     with pytest.raises(UserError, match="YYYY-MM-DD"):
-        harness.result_folder(_spec(), RunOptions(output=tmp_path, date="31.1.2026"), ("A", "B"))
+        steps.result_folder(_spec(), RunOptions(output=tmp_path, date="31.1.2026"), ("A", "B"))
 
 
 def test_settings():
@@ -231,7 +232,7 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_cli_preset_defaults_and_overrides(monkeypatch):
     monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
     spec, options = cli.build(_args())
-    preset = harness.PRESETS["cpu-small"]
+    preset = config.PRESETS["cpu-small"]
     assert (spec.configuration, spec.epochs, spec.iters, spec.max_features) == \
         (preset.configuration, preset.epochs, preset.iters, preset.max_features)
     assert spec.phantom["num_train"] == preset.num_train and spec.datasets is None
@@ -299,7 +300,7 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
         assert (setting / "report" / name).stat().st_size > 0, name
     summary = (result / "results.md").read_text()
     assert "scarce-label B (N=2)" in summary and "| vanilla | joint |" in summary
-    dice_a = f"{harness._mean_dice(rows, 'joint', 'Dataset901_PhantomCT'):.3f}"
+    dice_a = f"{evaluation.mean_dice(rows, 'joint', 'Dataset901_PhantomCT'):.3f}"
     assert dice_a in summary
     assert any(line.startswith("      epoch 1:") for line in lines)  # progress of nnU-Net's epochs
 

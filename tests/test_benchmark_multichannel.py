@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_unpaired.benchmark import harness, multichannel, registry, report
-from nnunet_unpaired.benchmark.harness import BenchmarkSpec, ExperimentInput, RunOptions
+from nnunet_unpaired.benchmark import config, harness, multichannel, registry, report, steps
+from nnunet_unpaired.benchmark.config import BenchmarkSpec, ExperimentInput, RunOptions
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.phantom_multichannel import write_multichannel_phantom
 from nnunet_unpaired.training import budget
@@ -54,7 +54,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 class FakeNNUNet:
-    """Stands in for harness.run_command: records every command and writes what nnU-Net would."""
+    """Stands in for steps.run_command: records every command and writes what nnU-Net would."""
 
     def __init__(self):
         self.calls: list[dict] = []
@@ -130,7 +130,7 @@ class FakeNNUNet:
 @pytest.fixture
 def fake(monkeypatch):
     fake = FakeNNUNet()
-    monkeypatch.setattr(harness, "run_command", fake)
+    monkeypatch.setattr(steps, "run_command", fake)
     monkeypatch.setattr(multichannel, "PHANTOM_SHAPE", SHAPE)
     return fake
 
@@ -309,7 +309,7 @@ def test_benchmark_with_maml_runs_only_the_experiment(tmp_path, fake):
     the experiment's headline."""
     options = RunOptions(output=tmp_path / "out", methods=("maml",), device="cpu", date="2026-01-01",
                          predict_processes=(0, 0), plan_processes=1)
-    spec = _spec(phantom=harness.phantom_spec(num_train=5, num_test=1, field_of_view_mm=(48.0, 48.0, 12.0)))
+    spec = _spec(phantom=config.phantom_spec(num_train=5, num_test=1, field_of_view_mm=(48.0, 48.0, 12.0)))
     result = harness.run_benchmark(spec, options, log=lambda _: None)
     assert not (result / "full-label").exists()
     text = (result / "results.md").read_text()

@@ -1,25 +1,21 @@
-"""Method registry: the first entries, kinds, duplicate names, family imports; and how the harness picks methods."""
+"""Method table: the entries, kinds, baselines, duplicate names; and how the harness picks methods."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from nnunet_unpaired.benchmark import harness, registry
+from nnunet_unpaired.benchmark import harness, registry, training_runs
 from nnunet_unpaired.benchmark.registry import KINDS, Method
 from nnunet_unpaired.errors import UserError
 
 
 @pytest.fixture
 def clean_registry(monkeypatch):
-    """A registry that starts with what the families registered; changes are undone after the test."""
-    registry.load_all()
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    return registry._REGISTRY
+    """Methods registered at run time are forgotten after the test."""
+    monkeypatch.setattr(registry, "_REGISTRY", {})
 
 
-def test_first_entries_register_themselves():
+def test_table_entries():
     methods = registry.load_all()
     assert methods["vanilla"].trainer == "nnUNetTrainerVanilla" and methods["vanilla"].kind == "single"
     assert methods["joint"].trainer == "nnUNetTrainerUnpairedJoint" and methods["joint"].kind == "unpaired"
@@ -48,7 +44,7 @@ def test_every_registered_trainer_is_exported_to_nnunet():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind 'paired'"):
         Method("x", "nnUNetTrainerX", "paired")
-    assert set(harness.KIND_RUNNERS) <= set(KINDS)
+    assert set(training_runs.KIND_RUNNERS) <= set(KINDS)
 
 
 def test_duplicate_name_needs_the_same_definition(clean_registry):
@@ -64,15 +60,21 @@ def test_unknown_method_names_the_available_ones():
         registry.get("no_such_method")
 
 
-def test_missing_family_module_is_skipped_but_a_broken_one_raises(clean_registry, monkeypatch, tmp_path):
-    monkeypatch.setattr(registry, "FAMILY_MODULES", registry.FAMILY_MODULES + ("nnunet_unpaired.training.not_yet",))
-    assert "vanilla" in registry.load_all()
-    (tmp_path / "broken_family_probe.py").write_text("import a_dependency_that_does_not_exist_xyz\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "FAMILY_MODULES", ("broken_family_probe",))
-    with pytest.raises(ModuleNotFoundError, match="a_dependency_that_does_not_exist_xyz"):
-        registry.load_all()
-    sys.modules.pop("broken_family_probe", None)
+def test_every_baseline_is_a_method_and_the_pair_methods_are_compared_with_vanilla_and_joint():
+    methods = registry.load_all()
+    for method in methods.values():
+        assert set(method.baselines) <= set(methods), method
+        assert method.name not in method.baselines
+    for name in ("eam", "ummkd", "cmc"):
+        assert methods[name].baselines == ("vanilla", "joint")
+    assert "source-only" in methods["glua"].baselines
+
+
+def test_harness_adds_the_baselines_of_a_pair_method(clean_registry):
+    lines = []
+    names = [m.name for m in harness.resolve_methods(["eam"], log=lines.append)]
+    assert names == ["vanilla", "eam", "joint"]
+    assert any("adding 'joint'" in line for line in lines)
 
 
 def test_harness_default_methods_are_the_runnable_kinds_vanilla_first(clean_registry):
@@ -115,7 +117,7 @@ def test_new_kind_plugs_in_through_the_dispatch_table(clean_registry, monkeypatc
         calls.append((method.name, fold))
         return []
 
-    monkeypatch.setitem(harness.KIND_RUNNERS, "multichannel", train_probe)
+    monkeypatch.setitem(training_runs.KIND_RUNNERS, "multichannel", train_probe)
     method = registry.register(Method("probe_mc", "nnUNetTrainerProbeMC", "multichannel"))
     assert [m.name for m in harness.resolve_methods(["probe_mc"], log=lambda _: None)] == ["vanilla", "probe_mc"]
-    assert harness.train_method(None, method, "0") == [] and calls == [("probe_mc", "0")]
+    assert training_runs.train_method(None, method, "0") == [] and calls == [("probe_mc", "0")]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_unpaired.benchmark import harness, registry, report, semi
-from nnunet_unpaired.benchmark.harness import BenchmarkSpec, ExperimentInput, RunOptions
+from nnunet_unpaired.benchmark import config, data, registry, report, semi, steps
+from nnunet_unpaired.benchmark.config import BenchmarkSpec, ExperimentInput, RunOptions
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.semisupervised import MARKER_KEY
 
@@ -27,15 +27,15 @@ IGNORE = 5  # the phantom's labels are 0..4; the semi copies add "ignore": 5
 def _spec() -> BenchmarkSpec:
     return BenchmarkSpec(datasets=None, configuration="2d", epochs=1, iters=2, val_iters=1, no_mirroring=True,
                          max_features=8, batch_size=2,
-                         phantom=harness.phantom_spec(10, 2, field_of_view_mm=(48.0, 48.0, 24.0)))
+                         phantom=config.phantom_spec(10, 2, field_of_view_mm=(48.0, 48.0, 24.0)))
 
 
 def _input(tmp_path: Path, methods=("cmc",), **options) -> ExperimentInput:
     spec = _spec()
     opts = RunOptions(output=tmp_path / "out", device="cpu", **{"semi_percent": (20,), **options})
     result = tmp_path / "out" / "result"
-    harness.prepare_result_folder(result, spec, False, lambda _: None)
-    a, b = harness.prepare_data(spec, result, lambda _: None)
+    steps.prepare_result_folder(result, spec, False, lambda _: None)
+    a, b = data.prepare_data(spec, result, lambda _: None)
     chosen = [registry.get("vanilla")] + [registry.get(m) for m in methods]
     return ExperimentInput(spec, opts, result, a, b, chosen, "cpu", lambda _: None)
 
@@ -59,7 +59,7 @@ def _unexplained(image: np.ndarray, label: np.ndarray) -> float:
 
 
 class FakeNNUNet:
-    """Stands in for harness.run_command: plan-pair, nnUNetv2_train and nnUNetv2_predict, recording each training
+    """Stands in for steps.run_command: plan-pair, nnUNetv2_train and nnUNetv2_predict, recording each training
     with the splits_final.json its datasets had at that moment."""
 
     def __init__(self, perfect: set[str]):
@@ -114,7 +114,7 @@ class FakeNNUNet:
 @pytest.fixture
 def fake(monkeypatch):
     runner = FakeNNUNet(perfect={"nnUNetTrainerCMC", "nnUNetTrainerUnpairedJoint"})
-    monkeypatch.setattr(harness, "run_command", runner)
+    monkeypatch.setattr(steps, "run_command", runner)
     return runner
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnunet_unpaired.benchmark import harness, metrics, registry, uda
-from nnunet_unpaired.benchmark.harness import BenchmarkSpec, Dataset, ExperimentInput, RunOptions
+from nnunet_unpaired.benchmark import harness, metrics, registry, steps, uda
+from nnunet_unpaired.benchmark.config import BenchmarkSpec, Dataset, ExperimentInput, RunOptions
 from nnunet_unpaired.benchmark.uda import MethodNumbers, gap_closed, headline_markdown
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.training import budget
@@ -47,7 +47,7 @@ def _raw_dataset(raw: Path, name: str) -> Dataset:
 
 
 class FakeNNUNet:
-    """Stands in for harness.run_command: records every command and writes what nnU-Net would write."""
+    """Stands in for steps.run_command: records every command and writes what nnU-Net would write."""
 
     def __init__(self, skip_checkpoint_of: str | None = None):
         self.calls: list[tuple[str, list[str], dict]] = []  # (setting, command, environment)
@@ -127,7 +127,7 @@ def experiment(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     a, b = _raw_dataset(raw, A_NAME), _raw_dataset(raw, B_NAME)
     fake = FakeNNUNet()
-    monkeypatch.setattr(harness, "run_command", fake)
+    monkeypatch.setattr(steps, "run_command", fake)
     monkeypatch.setattr(metrics, "evaluate_folder", fake_evaluate_folder)
     monkeypatch.delenv(ENV_STYLE_CHECKPOINT, raising=False)
     spec = BenchmarkSpec(datasets=(A_NAME, B_NAME), configuration="2d", epochs=2, iters=3, val_iters=1,

@@ -23,7 +23,7 @@ _OPTIONAL = ("pair", "configuration", "methods", "epochs", "iters", "val_iters",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nnunet_unpaired.benchmark.harness import PRESETS
+    from nnunet_unpaired.benchmark.config import PRESETS
 
     none = argparse.SUPPRESS  # no default of its own: absent from the parsed arguments unless given (see build)
     data = parser.add_mutually_exclusive_group()
@@ -83,7 +83,7 @@ def build(args: argparse.Namespace):
     import os
     from pathlib import Path
 
-    from nnunet_unpaired.benchmark.harness import PRESETS, BenchmarkSpec, RunOptions, phantom_spec
+    from nnunet_unpaired.benchmark.config import PRESETS, BenchmarkSpec, RunOptions, phantom_spec
 
     preset = PRESETS[args.preset]
     args = argparse.Namespace(**{**{name: None for name in _OPTIONAL}, **vars(args)})

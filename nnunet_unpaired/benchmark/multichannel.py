@@ -43,12 +43,24 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from nnunet_unpaired.benchmark import harness, report
-from nnunet_unpaired.benchmark.harness import (BASELINE, PLANS_NAME, SPLIT_SEED, Context, Dataset, ExperimentInput,
-                                               ModelRef, _dataset, _identifiers, _mean_dice, collect_costs,
-                                               default_splits, link_raw, metrics_file, run_step, setting_summary,
-                                               tool, write_json_atomic)
+from nnunet_unpaired.benchmark import report, steps
+from nnunet_unpaired.benchmark.config import (
+    BASELINE,
+    PLANS_NAME,
+    SPLIT_SEED,
+    Context,
+    Dataset,
+    ExperimentInput,
+    ModelRef,
+)
+from nnunet_unpaired.benchmark.costs import collect_costs
+from nnunet_unpaired.benchmark.data import case_identifiers, default_splits, link_raw, read_dataset
+from nnunet_unpaired.benchmark.evaluation import mean_dice, metrics_file
+from nnunet_unpaired.benchmark.prediction import predict
 from nnunet_unpaired.benchmark.registry import Method
+from nnunet_unpaired.benchmark.steps import run_step, tool, write_json_atomic
+from nnunet_unpaired.benchmark.summary import setting_summary
+from nnunet_unpaired.benchmark.training_runs import train_run
 from nnunet_unpaired.errors import UserError
 
 SETTING = "multichannel"
@@ -157,7 +169,7 @@ def prepare_dataset(inp: ExperimentInput) -> tuple[Dataset, dict | None]:
     """The source dataset: the user's (only read) or the phantom (written once into the result folder)."""
     if inp.options.multichannel_dataset is not None:
         folder = resolve_user_dataset(inp.options.multichannel_dataset)
-        return _dataset(folder.parent, folder.name), None
+        return read_dataset(folder.parent, folder.name), None
     from nnunet_unpaired.phantom_multichannel import write_multichannel_phantom
 
     parameters = phantom_parameters(inp)
@@ -177,7 +189,7 @@ def prepare_dataset(inp: ExperimentInput) -> tuple[Dataset, dict | None]:
         return {"raw": str(raw / folder.name), **parameters}
 
     run_step(inp.result, "phantom_multichannel", write, inp.log)
-    return _dataset(raw, name), parameters
+    return read_dataset(raw, name), parameters
 
 
 def _record(ctx: Context, dataset: Dataset, phantom: dict | None) -> None:
@@ -321,7 +333,7 @@ def plan_dataset(ctx: Context, dataset: Dataset, verify: bool) -> dict:
                "--clean", "--no_pbar"]
         if verify:
             cmd.append("--verify_dataset_integrity")
-        harness.run_command(cmd, env, log_file, ctx.log)
+        steps.run_command(cmd, env, log_file, ctx.log)
         plans_file = ctx.nnunet["nnUNet_preprocessed"] / dataset.name / f"{PLANS_NAME}.json"
         plans = json.loads(plans_file.read_text())
         configuration = ctx.spec.configuration
@@ -331,7 +343,7 @@ def plan_dataset(ctx: Context, dataset: Dataset, verify: bool) -> dict:
                             f"Choose one of those with -c.")
         shrink_plans(plans, [configuration], ctx.spec.max_features, ctx.spec.batch_size)
         save_json_atomic(plans, str(plans_file))
-        harness.run_command([tool("nnUNetv2_preprocess"), "-d", str(dataset.id), "-plans_name", PLANS_NAME,
+        steps.run_command([tool("nnUNetv2_preprocess"), "-d", str(dataset.id), "-plans_name", PLANS_NAME,
                      "-c", configuration, "-np", processes, "--no_pbar"], env, log_file, ctx.log)
         conf = plans["configurations"][configuration]
         return {"dataset": dataset.name, "batch_size": conf["batch_size"], "patch_size": conf["patch_size"],
@@ -348,7 +360,7 @@ def write_splits(ctx: Context, source: Dataset, derived: Sequence[Dataset]) -> d
         if (base / "splits_final.json").is_file():  # the dataset's own (copied from the raw folder by the planner)
             splits, how = json.loads((base / "splits_final.json").read_text()), "the dataset's own splits_final.json"
         else:
-            splits, how = default_splits(_identifiers(base)), f"nnU-Net's 5-fold split (seed {SPLIT_SEED})"
+            splits, how = default_splits(case_identifiers(base)), f"nnU-Net's 5-fold split (seed {SPLIT_SEED})"
         for dataset in (source, *derived):
             write_json_atomic(ctx.nnunet["nnUNet_preprocessed"] / dataset.name / "splits_final.json", splits)
         log_file.write_text(f"{how}, written for {', '.join(d.name for d in (source, *derived))}\n")
@@ -386,7 +398,7 @@ def predict_inputs(ctx: Context, step: str, method: Method, dataset: Dataset, im
             if processes is not None:
                 cmd += ["-nps", str(max(1, processes[1]))]
         start = time.perf_counter()
-        harness.run_command(cmd, ctx.env(method), log_file, ctx.log)
+        steps.run_command(cmd, ctx.env(method), log_file, ctx.log)
         seconds = time.perf_counter() - start
         return {"method": method.name, "dataset": dataset.name, "fold": fold, "cases": len(cases),
                 "wall_seconds": seconds, "seconds_per_case": seconds / max(1, len(cases))}
@@ -428,13 +440,13 @@ def run_fold(ctx: Context, methods: Sequence[Method], source: Dataset, derived: 
     trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
     for method in (vanilla, *others):
         run = f"{method.name}__fold_{fold}"
-        harness.train_run(ctx, method, run, source, fold)
+        train_run(ctx, method, run, source, fold)
         model = ModelRef(source, method.trainer, run)
         checkpoint = ctx.model_folder(source, method.trainer, fold) / "checkpoint_final.pth"
         if not checkpoint.is_file():
             raise UserError(f"method {method.name!r}: training finished but {checkpoint} is missing. Look into "
                             f"{ctx.root / 'logs'}; rerun with --restart if the folder was changed by hand.")
-        harness.predict(ctx, method, model, fold)
+        predict(ctx, method, model, fold)
         rows = evaluate_condition(ctx, method.name, condition(None, names), "all_channels",
                                   ctx.root / "predictions" / method.name / source.name / f"fold_{fold}", source, fold)
         for c in names:
@@ -455,9 +467,9 @@ def run_fold(ctx: Context, methods: Sequence[Method], source: Dataset, derived: 
             models = []
             for c, dataset in derived.items():
                 run = f"{RETRAINED}__{dataset.name}__fold_{fold}"
-                harness.train_run(ctx, retrained, run, dataset, fold)
+                train_run(ctx, retrained, run, dataset, fold)
                 model_c = ModelRef(dataset, retrained.trainer, run)
-                harness.predict(ctx, retrained, model_c, fold)
+                predict(ctx, retrained, model_c, fold)
                 rows_c = evaluate_condition(
                     ctx, RETRAINED, condition(c, names), f"missing_channel_{c}",
                     ctx.root / "predictions" / RETRAINED / dataset.name / f"fold_{fold}", source, fold)
@@ -489,7 +501,7 @@ def headline(ctx: Context, methods: Sequence[Method], rows: Sequence[Mapping], c
     others = [m.name for m in methods[1:]]
 
     def dice(method: str, label: str) -> float:
-        return _mean_dice(rows, method, label)
+        return mean_dice(rows, method, label)
 
     def cell(value: float, reference: float | None = None) -> str:
         if math.isnan(value):

@@ -1,36 +1,28 @@
-"""The method registry of the benchmark: each trainer family adds its methods here when its module is imported.
+"""The benchmark's table of methods: what the user types, the trainer that implements it, its kind, its baselines.
 
-A method is a name the user types (``--methods vanilla joint eam``), the nnU-Net trainer class that implements it,
-and the KIND of experiment it needs, which tells the harness how to train and predict it:
+A method is a name the user types (``--methods vanilla joint eam``), the nnU-Net trainer class that implements it (by
+NAME: the benchmark runs nnU-Net's commands, which find the class themselves), the KIND of experiment it needs, which
+tells the harness how to train and predict it, and the baselines it must be compared with:
 
 - ``single``: one model per modality, each trained on that modality alone (vanilla nnU-Net);
 - ``unpaired``: one training run on dataset A with partner B (plan-pair), which writes model folders for both;
-- further kinds (``uda``, ``semi``, ``multichannel``) are added by the families that need them.
+- ``uda``, ``semi``, ``multichannel``: experiments with settings of their own (modules of the benchmark, see
+  :data:`nnunet_unpaired.benchmark.harness.EXPERIMENTS`).
 
-Families register at import time by calling :func:`register` at the bottom of their module; :func:`load_all` imports
-every family module listed in :data:`FAMILY_MODULES`, so the registry is complete after it.
+The table belongs to the benchmark: trainer modules know nothing of it (layers point one way, README "Architecture").
+A new method is one line in :data:`METHODS`; :func:`register` adds one at run time (tests, a user's own trainer).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from nnunet_unpaired.errors import UserError
 
 KINDS = ("single", "unpaired", "uda", "semi", "multichannel")
-
-# modules whose import registers methods; add a new family's module here
-FAMILY_MODULES: Tuple[str, ...] = (
-    "nnunet_unpaired.training.vanilla",
-    "nnunet_unpaired.training.unpaired_joint",
-    "nnunet_unpaired.training.eam",
-    "nnunet_unpaired.training.ummkd",
-    "nnunet_unpaired.training.maml",
-    "nnunet_unpaired.training.glua",
-    "nnunet_unpaired.training.cmc",
-)
+BASELINE = "vanilla"
+JOINT = "joint"
 
 
 @dataclass(frozen=True)
@@ -40,18 +32,51 @@ class Method:
     kind: str
     description: str = ""
     env: Dict[str, str] = field(default_factory=dict)  # extra environment for training (documented knobs)
+    #: the methods this one is compared with (the benchmark adds them when they are not asked for)
+    baselines: Tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"method {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
 
 
+_PAIR = (BASELINE, JOINT)
+
+#: every method of the package; one line each
+METHODS: Tuple[Method, ...] = (
+    Method(BASELINE, "nnUNetTrainerVanilla", "single",
+           "stock nnU-Net, one model per modality trained on that modality alone"),
+    Method(JOINT, "nnUNetTrainerUnpairedJoint", "unpaired",
+           "one shared network trained on both modalities, nnU-Net's loss on each, no alignment", baselines=(BASELINE,)),
+    Method("eam", "nnUNetTrainerEAM", "unpaired",
+           "joint training + External Attention Module (semantic and structured consistency), Yang et al. 2023",
+           baselines=_PAIR),
+    Method("ummkd", "nnUNetTrainerUMMKD", "unpaired",
+           "shared kernels, modality-specific normalization, class-wise KD (Dou et al. 2020)", baselines=_PAIR),
+    Method("maml", "nnUNetTrainerMAML", "multichannel",
+           "modality-aware mutual learning on a paired multi-channel dataset, robust to missing channels",
+           baselines=(BASELINE,)),
+    Method("source-only", "nnUNetTrainerSourceOnly", "uda",
+           "UDA lower bound: nnU-Net trained on the labelled source only, applied to the target", baselines=(BASELINE,)),
+    Method("glua", "nnUNetTrainerGLUA", "uda",
+           "GLUA (Su et al., JBHI 2023): style transfer (stage 1: nnUNetTrainerGLUAStyle) + gap-masked local "
+           "feature alignment", baselines=(BASELINE, "source-only")),
+    Method("glua-global", "nnUNetTrainerGLUAGlobalOnly", "uda",
+           "GLUA ablation: global style transfer only (needs stage 1: nnUNetTrainerGLUAStyle)",
+           baselines=(BASELINE, "source-only")),
+    Method("glua-local", "nnUNetTrainerGLUALocalOnly", "uda",
+           "GLUA ablation: gap-masked local feature alignment only", baselines=(BASELINE, "source-only")),
+    Method("cmc", "nnUNetTrainerCMC", "semi",
+           "semi-supervised cross-modality collaboration: shared encoder, bottleneck fusion, CSC + CAC on "
+           "unlabelled cases; predicts from one modality", baselines=_PAIR),
+)
+
 _REGISTRY: Dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
-    """Add a method; registering the same name twice with a different definition is an error."""
-    existing = _REGISTRY.get(method.name)
+    """Add a method at run time; registering the same name twice with a different definition is an error."""
+    existing = load_all().get(method.name)
     if existing is not None and existing != method:
         raise ValueError(f"benchmark method {method.name!r} is registered twice ({existing} vs {method})")
     _REGISTRY[method.name] = method
@@ -59,13 +84,8 @@ def register(method: Method) -> Method:
 
 
 def load_all() -> Dict[str, Method]:
-    for module in FAMILY_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:  # a family that exists but fails to import is a real error
-                raise
-    return dict(_REGISTRY)
+    """Every method: the table, then those registered at run time."""
+    return {**{m.name: m for m in METHODS}, **_REGISTRY}
 
 
 def get(name: str) -> Method:

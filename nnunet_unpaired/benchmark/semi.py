@@ -50,9 +50,16 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_unpaired.benchmark import harness, registry, report
-from nnunet_unpaired.benchmark.harness import Context, Dataset, ExperimentInput, ModelRef
+from nnunet_unpaired.benchmark import registry, report
+from nnunet_unpaired.benchmark.config import Context, Dataset, ExperimentInput, ModelRef, say
+from nnunet_unpaired.benchmark.costs import collect_costs
+from nnunet_unpaired.benchmark.evaluation import evaluate, metrics_file
+from nnunet_unpaired.benchmark.planning import plan
+from nnunet_unpaired.benchmark.prediction import predict
 from nnunet_unpaired.benchmark.registry import Method
+from nnunet_unpaired.benchmark.steps import marker_path, run_step, write_json_atomic
+from nnunet_unpaired.benchmark.summary import setting_summary
+from nnunet_unpaired.benchmark.training_runs import train_method, train_run
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.phantom import replace_folder
 
@@ -225,7 +232,7 @@ def _write_moved(image, array: np.ndarray, path: Path) -> None:
 def misalign_dataset(source: Path, target: Path, seed: int = MISALIGN_SEED,
                      max_shift_fraction: float = MAX_SHIFT_FRACTION,
                      max_rotation_degrees: float = MAX_ROTATION_DEGREES,
-                     log: Callable[[str], None] = harness.say) -> dict:
+                     log: Callable[[str], None] = say) -> dict:
     """Write a copy of the raw dataset ``source`` whose training cases are moved by one rigid transform each.
 
     Each case (sorted identifiers; case k draws from ``numpy.random.default_rng([seed, k])``) gets a rotation about
@@ -366,7 +373,7 @@ def prepare_setting_data(inp: ExperimentInput, setting: SemiSetting, root: Path)
         log_file.write_text("\n".join(lines) + "\n")
         return info
 
-    data = harness.run_step(root, "data", action, inp.log)
+    data = run_step(root, "data", action, inp.log)
     for key in ("a", "b"):
         record = json.loads((raw / names[key] / "dataset.json").read_text())[MARKER_KEY]
         if record["labelled"] != data[key]["labelled"]:
@@ -387,7 +394,7 @@ def write_method_splits(ctx: Context, method: Method) -> dict[str, list[dict[str
         splits = semi_splits(record["labelled"], record["unlabelled"], method.kind == "semi")
         path = ctx.nnunet["nnUNet_preprocessed"] / dataset.name / "splits_final.json"
         if not path.is_file() or json.loads(path.read_text()) != splits:
-            harness.write_json_atomic(path, splits)
+            write_json_atomic(path, splits)
         written[dataset.name] = splits
     return written
 
@@ -398,7 +405,7 @@ def write_method_splits(ctx: Context, method: Method) -> dict[str, list[dict[str
 def train_semi(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
     """A ``semi`` method: one run on A with partner B (from plan-pair) that writes the model folders of both."""
     run = f"{method.name}__fold_{fold}"
-    harness.train_run(ctx, method, run, ctx.a, fold)
+    train_run(ctx, method, run, ctx.a, fold)
     models = [ModelRef(ctx.a, method.trainer, run, "train_seg_A", None),
               ModelRef(ctx.b, method.trainer, run, "train_seg_B", None)]
     for model in models:
@@ -412,7 +419,7 @@ def train_semi(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
 def train_any(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
     if method.kind == "semi":
         return train_semi(ctx, method, fold)
-    return harness.train_method(ctx, method, fold)  # vanilla (single), joint (unpaired)
+    return train_method(ctx, method, fold)  # vanilla (single), joint (unpaired)
 
 
 # ------------------------------------------------------------------------------------------------------ headline
@@ -524,26 +531,26 @@ def run_setting(inp: ExperimentInput, setting: SemiSetting, methods: Sequence[Me
     ctx = Context(inp.spec, inp.options, inp.result, setting.name, None, a, b, inp.device, inp.log)
     for folder in ctx.nnunet.values():
         folder.mkdir(parents=True, exist_ok=True)
-    planned = harness.plan(ctx)
+    planned = plan(ctx)
     trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
     for fold in folds:
         for method in methods:
             write_method_splits(ctx, method)
             models = train_any(ctx, method, fold)
             for model in models:
-                harness.predict(ctx, method, model, fold)
-                harness.evaluate(ctx, method, model, fold)
+                predict(ctx, method, model, fold)
+                evaluate(ctx, method, model, fold)
             trained[(method.name, fold)] = (method, models)
     rows = [row for (name, fold), (_, models) in trained.items() for model in models
-            for row in report.read_csv(harness.metrics_file(ctx, name, model.dataset, fold))]
-    costs = [harness.collect_costs(ctx, method, models, fold) for (_, fold), (method, models) in trained.items()]
+            for row in report.read_csv(metrics_file(ctx, name, model.dataset, fold))]
+    costs = [collect_costs(ctx, method, models, fold) for (_, fold), (method, models) in trained.items()]
     headline = headline_table(rows, costs, [m.name for m in methods], [a.name, b.name],
                               target=setting.percent == TARGET_PERCENT and not setting.misaligned)
     settings = _cmc_settings(ctx, methods, folds[0])
     if settings:
         headline += "\n\nCMC settings (from the model folder's plans.json): " + "; ".join(settings) + "."
-    data = json.loads(harness.marker_path(ctx.root, "data").read_text())
-    return harness.setting_summary(ctx, trained, setting.title, setting_note(setting, data, a, b), planned,
+    data = json.loads(marker_path(ctx.root, "data").read_text())
+    return setting_summary(ctx, trained, setting.title, setting_note(setting, data, a, b), planned,
                                    headline=headline)
 
 

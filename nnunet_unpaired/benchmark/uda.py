@@ -29,45 +29,47 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nnunet_unpaired.benchmark import harness, report
-from nnunet_unpaired.benchmark.harness import Context, ExperimentInput, ModelRef
+from nnunet_unpaired.benchmark import report
+from nnunet_unpaired.benchmark.config import BASELINE, Context, Dataset, ExperimentInput, ModelRef, say
+from nnunet_unpaired.benchmark.costs import median_after_warmup
+from nnunet_unpaired.benchmark.data import link_raw, write_splits
+from nnunet_unpaired.benchmark.evaluation import evaluate, mean_dice, metrics_file
+from nnunet_unpaired.benchmark.planning import plan
+from nnunet_unpaired.benchmark.prediction import predict
 from nnunet_unpaired.benchmark.registry import Method
+from nnunet_unpaired.benchmark.steps import marker_path
+from nnunet_unpaired.benchmark.summary import setting_summary
+from nnunet_unpaired.benchmark.training_runs import require_checkpoints, timing_files, train_run
 from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.training import interface
 
 KIND = "uda"
 DIRECTIONS = ("a2b", "b2a")
 LOWER_BOUND = "source-only"
-UPPER_BOUND = harness.BASELINE
+UPPER_BOUND = BASELINE
 #: the method whose result the issue's target is about, and its ablations
 FULL, ABLATIONS = "glua", ("glua-global", "glua-local")
 #: the share of the gap the full method should close (issue 6: "at least half")
 TARGET_SHARE = 0.5
-#: prefix of the GLUA settings in the environment (training.glua.ENV_PREFIX; repeated here to avoid importing torch)
-GLUA_ENV_PREFIX = "nnUNet_unpaired_glua_"
-
-
-def _glua():
-    from nnunet_unpaired.training import glua
-
-    return glua
+GLUA_ENV_PREFIX = interface.GLUA_ENV_PREFIX
 
 
 def stage_method(trainer: str) -> Method:
     """The benchmark's handle on a prerequisite training run (GLUA's stage 1); not a method of its own."""
-    name = "glua-style" if trainer == _glua().STYLE_TRAINER else trainer
+    name = "glua-style" if trainer == interface.GLUA_STYLE_TRAINER else trainer
     return Method(name, trainer, KIND, f"prerequisite training run ({trainer})")
 
 
 def prerequisite(method: Method) -> Method | None:
     """The training run ``method`` needs before it (same source, plans, configuration and fold), or None."""
-    trainer = _glua().PREREQUISITES.get(method.trainer)
+    trainer = interface.PREREQUISITES.get(method.trainer)
     return None if trainer is None else stage_method(trainer)
 
 
 # ------------------------------------------------------------------------------------------------ what to run
 
 
-def uda_methods(methods: Sequence[Method], log=harness.say) -> list[Method]:
+def uda_methods(methods: Sequence[Method], log=say) -> list[Method]:
     """The methods of the experiment: vanilla first, then source-only (added when missing: it is the lower bound of
     the gap), then the others in the order asked for. Methods of other kinds are refused."""
     others = [m.name for m in methods if m.kind != KIND and m.name != UPPER_BOUND]
@@ -99,12 +101,12 @@ def directions_of(directions: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(directions))
 
 
-def short_name(dataset: harness.Dataset) -> str:
+def short_name(dataset: Dataset) -> str:
     """``Dataset901_PhantomCT`` -> ``PhantomCT`` (the part after the id)."""
     return dataset.name.split("_", 1)[1] if "_" in dataset.name else dataset.name
 
 
-def setting_name(source: harness.Dataset, target: harness.Dataset) -> str:
+def setting_name(source: Dataset, target: Dataset) -> str:
     return f"uda-{short_name(source)}-to-{short_name(target)}"
 
 
@@ -133,7 +135,7 @@ def with_stage_checkpoint(ctx: Context, method: Method, fold: str) -> Method:
     if stage is None:
         return method
     checkpoint = ctx.model_folder(ctx.a, stage.trainer, fold) / "checkpoint_final.pth"
-    variable = _glua().ENV_STYLE_CHECKPOINT
+    variable = interface.GLUA_ENV_STYLE_CHECKPOINT
     return Method(method.name, method.trainer, method.kind, method.description,
                   {**method.env, variable: str(checkpoint)})
 
@@ -141,9 +143,9 @@ def with_stage_checkpoint(ctx: Context, method: Method, fold: str) -> Method:
 def train_stage(ctx: Context, stage: Method, fold: str) -> ModelRef:
     """A prerequisite run (GLUA stage 1) on the source; its own marker, so it runs once per setting and fold."""
     run = method_run(stage, fold)
-    harness.train_run(ctx, stage, run, ctx.a, fold)
+    train_run(ctx, stage, run, ctx.a, fold)
     model = ModelRef(ctx.a, stage.trainer, run)
-    harness._require_checkpoints(ctx, stage, [model], fold)
+    require_checkpoints(ctx, stage, [model], fold)
     return model
 
 
@@ -154,17 +156,17 @@ def train_uda_method(ctx: Context, method: Method, fold: str) -> ModelRef:
     """
     if method.name == UPPER_BOUND:
         run = vanilla_run(ctx, fold)
-        harness.train_run(ctx, method, run, ctx.b, fold)
+        train_run(ctx, method, run, ctx.b, fold)
         model = ModelRef(ctx.b, method.trainer, run)
     else:
         run = method_run(method, fold)
-        harness.train_run(ctx, with_stage_checkpoint(ctx, method, fold), run, ctx.a, fold)
+        train_run(ctx, with_stage_checkpoint(ctx, method, fold), run, ctx.a, fold)
         # the stage-2 trainers log the segmentation term on its own ("train_seg"); their "train_losses" adds the
         # alignment term. The validation loss of these trainers is the SOURCE's: not shown for the target.
-        own_step = getattr(getattr(_glua(), method.trainer, None), "uses_target_images", False)
+        own_step = method.trainer in interface.USES_TARGET_IMAGES
         loss_key = "train_seg" if own_step else "train_losses"
         model = ModelRef(ctx.b, method.trainer, run, loss_key, None)
-    harness._require_checkpoints(ctx, method, [model], fold)
+    require_checkpoints(ctx, method, [model], fold)
     return model
 
 
@@ -173,10 +175,10 @@ def run_direction(inp: ExperimentInput, direction: str, methods: Sequence[Method
     ctx = direction_context(inp, direction)
     source, target = ctx.a, ctx.b
     ctx.log(f"== setting {ctx.setting}: {source.name} (labelled source) -> {target.name} (unlabelled target)")
-    harness.link_raw(ctx)
-    planned = harness.plan(ctx)
+    link_raw(ctx)
+    planned = plan(ctx)
     if any(fold != "all" for fold in inp.options.folds):
-        harness.write_splits(ctx)
+        write_splits(ctx)
     trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
     stages: dict[tuple[str, str], ModelRef] = {}  # (stage trainer, fold) -> its model
     for fold in inp.options.folds:
@@ -186,8 +188,8 @@ def run_direction(inp: ExperimentInput, direction: str, methods: Sequence[Method
                 ctx.log(f"    {method.name} needs {stage.trainer} (stage 1) first")
                 stages[(stage.trainer, fold)] = train_stage(ctx, stage, fold)
             model = train_uda_method(ctx, method, fold)
-            harness.predict(ctx, method, model, fold)
-            harness.evaluate(ctx, method, model, fold)
+            predict(ctx, method, model, fold)
+            evaluate(ctx, method, model, fold)
             trained[(method.name, fold)] = (method, [model])
     numbers = method_numbers(ctx, methods, inp.options.folds)
     headline = headline_markdown(target.name, numbers)
@@ -198,11 +200,11 @@ def run_direction(inp: ExperimentInput, direction: str, methods: Sequence[Method
             f"and exported to {target.name}'s model folder. Only {target.name}'s test cases are predicted. "
             f"plan-pair planned {source.name}; {target.name} shares its plans with its own normalization.")
     glua_env = sorted(k for k in os.environ if k.startswith(GLUA_ENV_PREFIX)
-                      and k != _glua().ENV_STYLE_CHECKPOINT)
+                      and k != interface.GLUA_ENV_STYLE_CHECKPOINT)
     if glua_env:
         note += (" GLUA settings taken from the environment of this run: "
                  + ", ".join(f"{k}={os.environ[k]}" for k in glua_env) + ".")
-    return harness.setting_summary(ctx, trained, title, note, planned, headline=headline)
+    return setting_summary(ctx, trained, title, note, planned, headline=headline)
 
 
 def run_settings(inp: ExperimentInput) -> list[dict]:
@@ -228,26 +230,26 @@ class MethodNumbers:
 
 
 def _median_seconds(ctx: Context, run: str) -> float:
-    records = [json.loads(p.read_text()) for p in harness.timing_files(ctx, run)]
-    return harness.median_after_warmup(records)[0]
+    records = [json.loads(p.read_text()) for p in timing_files(ctx, run)]
+    return median_after_warmup(records)[0]
 
 
 def method_numbers(ctx: Context, methods: Sequence[Method], folds: Sequence[str]) -> list[MethodNumbers]:
     """Mean target Dice (from the metric files) and training cost (from the step markers and timing files)."""
     numbers = []
     for method in methods:
-        rows = [row for fold in folds for row in report.read_csv(harness.metrics_file(ctx, method.name, ctx.b, fold))]
+        rows = [row for fold in folds for row in report.read_csv(metrics_file(ctx, method.name, ctx.b, fold))]
         stage = prerequisite(method)
         walls, per_iteration, loads = [], [], []
         for fold in folds:
             runs = [vanilla_run(ctx, fold) if method.name == UPPER_BOUND else method_run(method, fold)]
             if stage is not None:
                 runs.append(method_run(stage, fold))
-            markers = [json.loads(harness.marker_path(ctx.root, f"train__{run}").read_text()) for run in runs]
+            markers = [json.loads(marker_path(ctx.root, f"train__{run}").read_text()) for run in runs]
             walls.append(sum(float(m["seconds"]) for m in markers))
             loads += [float(v) for m in markers for v in m.get("load_average", [])]
             per_iteration.append(sum(_median_seconds(ctx, run) for run in runs))
-        numbers.append(MethodNumbers(method.name, harness._mean_dice(rows, method.name, ctx.b.name),
+        numbers.append(MethodNumbers(method.name, mean_dice(rows, method.name, ctx.b.name),
                                      statistics.fmean(walls), statistics.fmean(per_iteration),
                                      statistics.fmean(loads) if loads else math.nan,
                                      None if stage is None else stage.trainer))

@@ -68,7 +68,6 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_unpaired.benchmark.registry import Method, register
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.losses.cross_modal_consistency import (CAC_MODES, CSC_DESCRIPTORS, AnatomicalConsistencyLoss,
                                                             ChannelSemanticConsistencyLoss)
@@ -335,8 +334,3 @@ class nnUNetTrainerCMCNoSelfFusion(nnUNetTrainerCMC):
     """CMC whose fusion never sees the single-input case in training (for the single-modality measurement)."""
 
     self_fusion_prob = 0.0
-
-
-register(Method("cmc", "nnUNetTrainerCMC", "semi",
-                "semi-supervised cross-modality collaboration: shared encoder, bottleneck fusion, CSC + CAC on "
-                "unlabelled cases; predicts from one modality"))

@@ -34,7 +34,6 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from nnunet_unpaired.benchmark.registry import Method, register
 from nnunet_unpaired.losses.ramps import warmup_ramp
 from nnunet_unpaired.losses.semantic_consistency import EAMLoss
 from nnunet_unpaired.modules.external_attention import ExternalAttentionModule
@@ -127,7 +126,3 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         ramp = warmup_ramp(self.current_epoch, self.warmup_fraction * self.num_epochs)
         weights = dict(zip(("attention", "semantic", "structured"), self.eam_weights))
         return {f"eam_{k[:3]}": ramp * weights[k] * sums[k] for k in weights}
-
-
-register(Method("eam", "nnUNetTrainerEAM", "unpaired",
-                "joint training + External Attention Module (semantic and structured consistency), Yang et al. 2023"))

@@ -52,7 +52,6 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
-from nnunet_unpaired.benchmark.registry import Method, register
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.losses.adversarial import AdversarialLoss, StyleTransferLoss
 from nnunet_unpaired.losses.ramps import warmup_ramp
@@ -545,13 +544,3 @@ class nnUNetTrainerGLUALocalOnly(nnUNetTrainerGLUA):
 
 #: stage-2 trainers -> the trainer that must have finished (same dataset, plans, configuration, fold) before them
 PREREQUISITES = {cls.__name__: cls.style_trainer for cls in (nnUNetTrainerGLUA, nnUNetTrainerGLUAGlobalOnly)}
-
-register(Method("source-only", "nnUNetTrainerSourceOnly", "uda",
-                "UDA lower bound: nnU-Net trained on the labelled source only, applied to the target"))
-register(Method("glua", "nnUNetTrainerGLUA", "uda",
-                "GLUA (Su et al., JBHI 2023): style transfer (stage 1: nnUNetTrainerGLUAStyle) + gap-masked local "
-                "feature alignment"))
-register(Method("glua-global", "nnUNetTrainerGLUAGlobalOnly", "uda",
-                "GLUA ablation: global style transfer only (needs stage 1: nnUNetTrainerGLUAStyle)"))
-register(Method("glua-local", "nnUNetTrainerGLUALocalOnly", "uda",
-                "GLUA ablation: gap-masked local feature alignment only"))

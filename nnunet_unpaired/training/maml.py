@@ -44,7 +44,6 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_unpaired.benchmark.registry import Method, register
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.losses.mutual_distillation import MutualLearningLoss
 from nnunet_unpaired.modules.maml_network import MAMLNetwork, build_maml_network
@@ -169,7 +168,3 @@ class nnUNetTrainerMAML(BudgetMixin, nnUNetTrainer):
         names = [name for name in ("seg_fused", "seg_peers", "distillation") if name in train_outputs[0]]
         self.print_to_log_file("MAML loss terms: " + ", ".join(
             f"{name} {np.mean([o[name] for o in train_outputs]):.4f}" for name in names))
-
-
-register(Method("maml", "nnUNetTrainerMAML", "multichannel",
-                "modality-aware mutual learning on a paired multi-channel dataset, robust to missing channels"))

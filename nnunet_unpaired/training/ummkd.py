@@ -17,7 +17,6 @@ from typing import Dict
 
 import torch
 
-from nnunet_unpaired.benchmark.registry import Method, register
 from nnunet_unpaired.losses.class_distillation import ClasswiseKDLoss
 from nnunet_unpaired.training.unpaired_joint import nnUNetTrainerUnpairedJoint
 
@@ -35,7 +34,3 @@ class nnUNetTrainerUMMKD(nnUNetTrainerUnpairedJoint):
     def alignment_losses(self, output_a, target_a, output_b, target_b) -> Dict[str, torch.Tensor]:
         first = lambda x: x[0] if isinstance(x, (list, tuple)) else x  # noqa: E731 (full resolution)
         return {"kd": self.kd_weight * self.kd_loss(first(output_a), first(target_a), first(output_b), first(target_b))}
-
-
-register(Method("ummkd", "nnUNetTrainerUMMKD", "unpaired",
-                "shared kernels, modality-specific normalization, class-wise KD (Dou et al. 2020)"))

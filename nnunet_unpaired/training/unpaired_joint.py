@@ -39,7 +39,6 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_unpaired.benchmark.registry import Method, register
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.modules.modality_norm import PartnerNormParameters
 from nnunet_unpaired.pairing import label_differences, plans_differences, read_pairing, require_env
@@ -330,7 +329,3 @@ class nnUNetTrainerUnpairedJointModalityNorm(nnUNetTrainerUnpairedJoint):
     """Joint training with modality-specific affine normalization parameters (shared kernels), no alignment loss."""
 
     modality_specific_norm = True
-
-
-register(Method("joint", "nnUNetTrainerUnpairedJoint", "unpaired",
-                "one shared network trained on both modalities, nnU-Net's loss on each, no alignment"))

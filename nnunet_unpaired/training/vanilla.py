@@ -5,13 +5,8 @@ with."""
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_unpaired.benchmark.registry import Method, register
 from nnunet_unpaired.training.budget import BudgetMixin
 
 
 class nnUNetTrainerVanilla(BudgetMixin, nnUNetTrainer):
     pass
-
-
-register(Method("vanilla", "nnUNetTrainerVanilla", "single",
-                "stock nnU-Net, one model per modality trained on that modality alone"))

@@ -1,0 +1,213 @@
+"""What a benchmark is made of: presets, the spec that determines its numbers, the options of a run, datasets,
+trained-model references and the context every step of a setting receives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nnunet_unpaired.benchmark import registry
+from nnunet_unpaired.benchmark.registry import Method
+from nnunet_unpaired.training import interface
+
+BASELINE = registry.BASELINE
+PHANTOM_IDS = (901, 902)
+PLANS_NAME = "nnUNetPlans"
+#: the seed nnU-Net itself uses for its 5-fold split (nnUNetTrainer.do_split)
+SPLIT_SEED = 12345
+#: seed of the choice of the N labelled B cases in the scarce-label setting
+SCARCE_SEED = 0
+FULL_LABEL = "full-label"
+FOLDER_FORMAT_VERSION = 1
+
+
+def say(message: str) -> None:
+    """The default progress output: stdout, flushed (the benchmark often runs under nohup into a file)."""
+    print(message, flush=True)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults of ``--preset``; explicit options override them."""
+
+    name: str
+    description: str
+    configuration: str
+    epochs: int | None  # None: nnU-Net's default (1000)
+    iters: int | None  # None: 250
+    val_iters: int | None  # None: 50
+    no_mirroring: bool
+    max_features: int | None  # None: nnU-Net's planned widths
+    batch_size: int | None  # None: nnU-Net's planned batch size
+    num_train: int = 10  # phantom training cases per modality
+    num_test: int = 4  # phantom held-out test cases per modality
+    #: nnU-Net environment variables (e.g. worker counts), used unless the caller's environment sets them
+    env: tuple[tuple[str, str], ...] = ()
+    predict_processes: tuple[int, int] | None = None  # nnUNetv2_predict -npp -nps; None: nnU-Net's defaults
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu-small": Preset(
+        "cpu-small", "2D phantom, small network, short budget (10 x 40 iterations); each experiment in about an "
+        "hour or less on 2 CPU cores", configuration="2d", epochs=10, iters=40, val_iters=4, no_mirroring=True,
+        max_features=32, batch_size=8, env=(("nnUNet_n_proc_DA", "2"), ("nnUNet_def_n_proc", "1")),
+        predict_processes=(0, 0)),
+    "full": Preset(
+        "full", "nnU-Net's defaults (1000 epochs x 250 iterations, planned network and batch size), for a GPU",
+        configuration="3d_fullres", epochs=None, iters=None, val_iters=None, no_mirroring=False, max_features=None,
+        batch_size=None),
+}
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Everything that determines the numbers of a benchmark (stored in ``benchmark.json``)."""
+
+    datasets: tuple[str, str] | None  # the user's raw datasets A, B (names or ids); None: the phantom
+    configuration: str
+    epochs: int | None
+    iters: int | None
+    val_iters: int | None
+    no_mirroring: bool
+    max_features: int | None
+    batch_size: int | None
+    phantom: Mapping | None = None  # the phantom's PhantomConfig as a dict (phantom only)
+
+    def as_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def phantom_spec(num_train: int = 10, num_test: int = 4, **overrides) -> dict:
+    """``BenchmarkSpec.phantom`` for a phantom with these case counts (other PhantomConfig fields as keywords)."""
+    from nnunet_unpaired.phantom import PhantomConfig
+
+    return json.loads(json.dumps(asdict(PhantomConfig(num_train=num_train, num_test=num_test, **overrides))))
+
+
+def phantom_config(data: Mapping):
+    """The PhantomConfig described by ``BenchmarkSpec.phantom``."""
+    from nnunet_unpaired.phantom import ModalityGeometry, PhantomConfig
+
+    values = dict(data)
+    for key in ("ct", "mr"):
+        values[key] = ModalityGeometry(tuple(values[key]["spacing"]), bool(values[key]["flip_xy"]))
+    values["field_of_view_mm"] = tuple(values["field_of_view_mm"])
+    return PhantomConfig(**values)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to run now; may change between reruns of one benchmark (new folds, methods or settings add work)."""
+
+    output: Path
+    folds: tuple[str, ...] = ("0",)
+    methods: tuple[str, ...] | None = None  # None: every registered method of a supported kind
+    scarce_b: tuple[int, ...] = ()
+    full_label: bool = True
+    device: str | None = None  # None: cuda when available, else cpu
+    restart: bool = False
+    date: str | None = None  # YYYY-MM-DD of the result folder; None: today
+    env: tuple[tuple[str, str], ...] = ()  # nnU-Net variables for every command (worker counts), see Preset.env
+    predict_processes: tuple[int, int] | None = None
+    plan_processes: int = 2
+    # experiments (kinds with settings of their own, see EXPERIMENTS)
+    uda_directions: tuple[str, ...] = ("a2b", "b2a")  # uda: source -> target, a2b = A labelled, B the target
+    semi_percent: tuple[int, ...] = (10, 20)  # semi: share of labelled training cases per modality, in percent
+    semi_misaligned: bool = True  # semi: also each share with modality B spatially misaligned
+    multichannel_dataset: str | None = None  # multichannel: the user's raw multi-channel dataset; None: the phantom
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str  # nnU-Net folder name, e.g. Dataset901_PhantomCT
+    id: int
+    raw: Path  # the source raw folder (never written)
+    labels: dict[str, object]  # structure -> label value (background left out)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One trained model of a method: which dataset's test cases it predicts and where nnU-Net finds it."""
+
+    dataset: Dataset
+    trainer: str
+    run: str  # the training run that produced it (marker train__<run>, timing/<run>*.json)
+    train_loss_key: str = "train_losses"  # key of checkpoint['logging'] for this modality's training loss
+    val_loss_key: str | None = "val_losses"
+
+
+@dataclass
+class Context:
+    """One setting of one benchmark: its folders, datasets, environment and options."""
+
+    spec: BenchmarkSpec
+    options: RunOptions
+    result: Path
+    setting: str
+    scarce_b: int | None
+    a: Dataset
+    b: Dataset
+    device: str
+    log: Callable[[str], None] = say
+
+    @property
+    def root(self) -> Path:
+        return self.result / self.setting
+
+    @property
+    def nnunet(self) -> dict[str, Path]:
+        return {n: self.root / "nnunet" / n for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def model_folder(self, dataset: Dataset, trainer: str, fold: str) -> Path:
+        return (self.nnunet["nnUNet_results"] / dataset.name
+                / f"{trainer}__{PLANS_NAME}__{self.spec.configuration}" / f"fold_{fold}")
+
+    def env(self, method: Method | None = None) -> dict[str, str]:
+        """Environment of every nnU-Net command of this setting: own folders, our trainers, the shared budget."""
+        from nnunet_unpaired.registration import env_with_trainers
+
+        env = env_with_trainers()
+        env.update({k: str(v) for k, v in self.nnunet.items()})
+        budget_values = {interface.ENV_EPOCHS: self.spec.epochs, interface.ENV_ITERS: self.spec.iters,
+                         interface.ENV_VAL_ITERS: self.spec.val_iters}
+        for key, value in budget_values.items():
+            if value is None:
+                env.pop(key, None)  # nnU-Net's default, whatever the caller's shell says
+            else:
+                env[key] = str(value)
+        if self.spec.no_mirroring:
+            env[interface.ENV_NO_MIRRORING] = "1"
+        else:
+            env.pop(interface.ENV_NO_MIRRORING, None)
+        env.pop(interface.ENV_TIMING, None)
+        env.update(dict(self.options.env))
+        if self.device == "cpu":
+            env["nnUNet_compile"] = "false"
+            # idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads made every training
+            # several times slower (and by how much depended on the load, which distorts the cost ratios)
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env["PYTHONUNBUFFERED"] = "1"
+        if method is not None:
+            env.update(method.env)
+        return env
+
+
+@dataclass
+class ExperimentInput:
+    """What an experiment module gets: the benchmark, the pair (A, B), its methods (vanilla first) and the output."""
+
+    spec: BenchmarkSpec
+    options: RunOptions
+    result: Path
+    a: Dataset
+    b: Dataset
+    methods: list[Method]  # the experiment's methods of its kind, with vanilla first
+    device: str
+    log: Callable[[str], None] = say

@@ -1,0 +1,30 @@
+"""Step 2 of a benchmark: plan and preprocess the pair with ``nnunet_unpaired plan-pair``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from nnunet_unpaired.benchmark import steps
+from nnunet_unpaired.benchmark.config import PLANS_NAME, Context
+from nnunet_unpaired.benchmark.steps import run_step
+
+
+def plan(ctx: Context) -> dict:
+    def action(log_file: Path) -> dict:
+        cmd = [sys.executable, "-m", "nnunet_unpaired.cli", "plan-pair", "-d", ctx.a.name, ctx.b.name,
+               "-c", ctx.spec.configuration, "-p", PLANS_NAME, "-np", str(ctx.options.plan_processes)]
+        if ctx.spec.max_features is not None:
+            cmd += ["--max-features", str(ctx.spec.max_features)]
+        if ctx.spec.batch_size is not None:
+            cmd += ["--batch-size", str(ctx.spec.batch_size)]
+        if ctx.spec.datasets is None:
+            cmd.append("--no-verify")  # the phantom is written by this package and checked by its own tests
+        steps.run_command(cmd, ctx.env(), log_file, ctx.log)
+        plans = json.loads((ctx.nnunet["nnUNet_preprocessed"] / ctx.a.name / f"{PLANS_NAME}.json").read_text())
+        conf = plans["configurations"][ctx.spec.configuration]
+        return {"batch_size": conf["batch_size"], "patch_size": conf["patch_size"],
+                "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"]}
+
+    return run_step(ctx.root, "plan", action, ctx.log)
