@@ -72,7 +72,7 @@ def load_style_model(path: str, device: str = "cpu"):
     import torch
 
     from nnunet_unpaired.modules.style_transfer import StyleConfig, StyleTransferGenerator
-    from nnunet_unpaired.training.glua import EXTRAS_KEY
+    from nnunet_unpaired.training.source_only import EXTRAS_KEY
     from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY
 
     if not os.path.isfile(path):
