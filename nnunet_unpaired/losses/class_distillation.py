@@ -13,7 +13,8 @@ Choices (ours, where the statement leaves room): the mean runs over every voxel 
 modality's batch pooled; only classes present in BOTH modalities' batches enter the mean (a class with no voxel
 has no mean logit); with no shared class the loss is a zero still connected to the graph; the loss is not
 multiplied by ``T^2``; gradients flow into both modalities (neither side is detached); means are computed in
-float32.
+float32 with autocast off (autocast ran the class sums in fp16, where a 3d_fullres batch's sums overflow to inf and
+the loss was NaN from the first step).
 """
 
 from __future__ import annotations
@@ -63,17 +64,24 @@ def class_mean_logits(
             f"label values must lie in [0, {num_classes}) or equal ignore_index={ignore_index}, "
             f"got values in [{int(target.min())}, {int(target.max())}]"
         )
-    one_hot = F.one_hot(target, num_classes).to(torch.float32) * valid[..., None]  # (B, N, K)
-    sums = torch.einsum("bnk,bcn->kc", one_hot, logits.reshape(b, c, -1).float())  # (K, C)
-    counts = one_hot.sum(dim=(0, 1))  # (K,)
-    return sums / counts.clamp(min=1.0)[:, None], counts > 0
+    # Autocast runs a matmul in fp16, where the class sums over a 3d_fullres batch (2 x 128^3 voxels) pass 65504
+    # and become inf: the sums are taken in float32 with autocast off.
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        classes = torch.arange(num_classes, device=target.device)
+        member = ((target[:, None, :] == classes[None, :, None]) & valid[:, None, :]).float()  # (B, K, N)
+        sums = torch.bmm(member, logits.reshape(b, c, -1).float().transpose(1, 2)).sum(dim=0)  # (K, C)
+    # Integer counts, exact at any voxel count (ignored voxels go to an extra bin K).
+    binned = torch.where(valid, target, torch.full_like(target, num_classes)).reshape(-1)
+    counts = torch.bincount(binned, minlength=num_classes + 1)[:num_classes]  # (K,)
+    return sums / counts.clamp(min=1).float()[:, None], counts > 0
 
 
 class ClasswiseKDLoss(nn.Module):
     """Symmetric class-wise KL distillation between two modalities (Dou et al., IEEE TMI 2020).
 
     ``L = mean_{c shared} (KL(p^A_c || p^B_c) + KL(p^B_c || p^A_c)) / 2`` with ``p^m_c = softmax(mean logits / T)``.
-    UMMKD adds it to the segmentation loss with weight 0.5; the trainer applies that weight.
+    UMMKD adds it to the segmentation loss with weight 0.5; the trainer applies that weight. The class means are
+    summed in float32 with autocast off, so the loss is finite under fp16 / bf16 autocast at 3d_fullres voxel counts.
 
     Args:
         temperature: softmax temperature T > 0 (default 2.0, UMMKD's value; 1.0 gives the plain softmax).

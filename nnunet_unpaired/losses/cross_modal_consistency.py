@@ -29,6 +29,11 @@ probabilities. It is 0 exactly when the two agree. Modes:
 
 Deviations from the public code (fixes, see METHODS.md): CAC is a loss (1 - similarity), not a similarity added to
 the loss; nothing here detaches its inputs, so gradients reach both modalities' networks.
+
+Numerics: both losses run in float32 with autocast off. CSC's normalisations use
+:func:`nnunet_unpaired.losses.numerics.unit_vectors` (a vector no longer than 1e-4, e.g. a constant channel, has no
+direction and passes no gradient) instead of ``F.normalize(eps=1e-8)``, whose gradient for a constant channel was
+~1e13, non-finite in fp16.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nnunet_unpaired.losses.numerics import unit_vectors
 
 __all__ = ["AnatomicalConsistencyLoss", "ChannelSemanticConsistencyLoss", "channel_descriptors", "nt_xent"]
 
@@ -48,7 +55,8 @@ def channel_descriptors(features: torch.Tensor, descriptor: str) -> torch.Tensor
 
     Returns:
         ``(G, C, D)``: G groups of C channel descriptors. ``"spatial"``: G = B, D = number of voxels.
-        ``"gram"``: G = 1, D = C (row c of the channel correlation matrix over the whole batch, diagonal zeroed).
+        ``"gram"``: G = 1, D = C (row c of the channel correlation matrix over the whole batch, diagonal zeroed;
+        a constant channel, which has no correlation, gets a zero row). Computed in float32 with autocast off.
     """
     if features.dim() < 3:
         raise ValueError(f"expected features (B, C, *spatial), got shape {tuple(features.shape)}")
@@ -56,27 +64,32 @@ def channel_descriptors(features: torch.Tensor, descriptor: str) -> torch.Tensor
         return features.flatten(2)
     if descriptor == "gram":
         channels = features.shape[1]
-        flat = features.transpose(0, 1).reshape(channels, -1)
-        flat = F.normalize(flat - flat.mean(dim=1, keepdim=True), dim=1, eps=1e-8)
-        correlation = flat @ flat.t()
-        off_diagonal = ~torch.eye(channels, dtype=torch.bool, device=features.device)
-        return (correlation * off_diagonal)[None]
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            flat = features.float().transpose(0, 1).reshape(channels, -1)
+            flat = unit_vectors(flat - flat.mean(dim=1, keepdim=True), dim=1)
+            correlation = flat @ flat.t()
+            off_diagonal = ~torch.eye(channels, dtype=torch.bool, device=features.device)
+            return (correlation * off_diagonal)[None]
     raise ValueError(f"descriptor must be one of {CSC_DESCRIPTORS}, got {descriptor!r}")
 
 
 def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent between ``u`` and ``v`` of shape ``(G, C, D)``: u[g, c] and v[g, c] are positives; mean over G and 2C."""
+    """NT-Xent between ``u`` and ``v`` of shape ``(G, C, D)``: u[g, c] and v[g, c] are positives; mean over G and 2C.
+
+    Float32 with autocast off; a descriptor no longer than 1e-4 (e.g. an all-zero channel) is treated as a zero vector
+    with no gradient (:func:`nnunet_unpaired.losses.numerics.unit_vectors`)."""
     if u.shape != v.shape:
         raise ValueError(f"descriptors of A and B differ in shape: {tuple(u.shape)} vs {tuple(v.shape)}")
     groups, channels = u.shape[0], u.shape[1]
     if channels < 2:
         raise ValueError(f"the contrastive loss needs at least 2 channels to contrast, got {channels}")
-    z = F.normalize(torch.cat((u, v), dim=1), dim=2, eps=1e-8)
-    logits = z @ z.transpose(1, 2) / temperature
-    self_pairs = torch.eye(2 * channels, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_pairs, float("-inf"))
-    positives = (torch.arange(2 * channels, device=z.device) + channels) % (2 * channels)
-    return F.cross_entropy(logits.reshape(groups * 2 * channels, 2 * channels), positives.repeat(groups))
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        z = unit_vectors(torch.cat((u, v), dim=1), dim=2)
+        logits = z @ z.transpose(1, 2) / temperature
+        self_pairs = torch.eye(2 * channels, dtype=torch.bool, device=z.device)
+        logits = logits.masked_fill(self_pairs, float("-inf"))
+        positives = (torch.arange(2 * channels, device=z.device) + channels) % (2 * channels)
+        return F.cross_entropy(logits.reshape(groups * 2 * channels, 2 * channels), positives.repeat(groups))
 
 
 class ChannelSemanticConsistencyLoss(nn.Module):
@@ -88,6 +101,9 @@ class ChannelSemanticConsistencyLoss(nn.Module):
 
     Raises:
         ValueError: for a temperature that is not > 0 or an unknown descriptor.
+
+    Numerics: float32 with autocast off; a constant (or all-zero) channel passes no gradient instead of ~1e13, so
+    the loss and its gradients stay finite under fp16 / bf16 autocast.
     """
 
     def __init__(self, temperature: float = 0.5, descriptor: str = "gram") -> None:

@@ -18,7 +18,9 @@ available to us; the formulation below is OUR DESIGN (docs/METHODS.md, "Adopted 
   feature grid by nearest neighbour, has that class. Absent classes are masked out: their representation
   comes from attention with no grounding and must not be aligned. With no shared class (or fewer than two
   for ``L_str``) the loss is a zero that is still connected to the graph (finite, zero gradients);
-- all three are computed in float32, also under mixed precision.
+- all three are computed in float32, also under mixed precision; the cosines normalise with
+  :func:`nnunet_unpaired.losses.numerics.unit_vectors` (a representation no longer than 1e-4 has no direction and
+  passes no gradient) instead of eps 1e-8, whose gradient for a zero representation (~1e8) is not finite in fp16.
 
 The warm-up ``w(t)`` of the total (:func:`nnunet_unpaired.losses.ramps.warmup_ramp`) is applied by the trainer.
 """
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_unpaired.losses.numerics import unit_vectors
 from nnunet_unpaired.modules.external_attention import EAMOutput, class_present_mask, labels_to_grid
 
 __all__ = [
@@ -41,8 +44,6 @@ __all__ = [
     "semantic_consistency_loss",
     "structured_consistency_loss",
 ]
-
-_EPS = 1e-8
 
 
 def attention_grounding_loss(
@@ -107,21 +108,25 @@ def semantic_consistency_loss(
         present_b: boolean mask (K,), classes present in modality B's batch.
 
     Returns:
-        Scalar in [0, 2]; 0 (connected to the graph) when no class is present in both.
+        Scalar in [0, 2]; 0 (connected to the graph) when no class is present in both. Float32; a representation
+        no longer than 1e-4 counts as a zero vector (cosine 0, no gradient), so gradients stay finite in fp16.
 
     Raises:
         ValueError: if the shapes do not match.
     """
     _check_repr(repr_a, repr_b, present_a, present_b)
     shared = (present_a.bool() & present_b.bool()).float()
-    cos = F.cosine_similarity(repr_a.float(), repr_b.float(), dim=1, eps=_EPS)
+    with torch.autocast(device_type=repr_a.device.type, enabled=False):
+        cos = (unit_vectors(repr_a, dim=1) * unit_vectors(repr_b, dim=1)).sum(dim=1)
     return ((1.0 - cos) * shared).sum() / shared.sum().clamp(min=1.0)
 
 
 def class_correlation(class_repr: torch.Tensor) -> torch.Tensor:
-    """Cosine correlation matrix ``G = norm(R) norm(R)^T`` (K x K, float32) of class representations (K, C')."""
+    """Cosine correlation matrix ``G = norm(R) norm(R)^T`` (K x K, float32) of class representations (K, C').
+
+    A row no longer than 1e-4 is normalised to zero with no gradient (formerly eps 1e-8: gradients ~1e8)."""
     with torch.autocast(device_type=class_repr.device.type, enabled=False):
-        normed = F.normalize(class_repr.float(), dim=1, eps=_EPS)
+        normed = unit_vectors(class_repr, dim=1)
         return normed @ normed.transpose(0, 1)
 
 
