@@ -10,6 +10,8 @@ benchmark baseline) reads these variables; when none is set, nnU-Net's defaults 
 - ``nnUNet_unpaired_no_mirroring=1``: no mirroring augmentation and no mirroring at test time
 - ``nnUNet_unpaired_timing_file=PATH``: time every training iteration and write, when training ends, a JSON file
   with the per-iteration seconds and the peak memory (used by the benchmark's cost table; see :data:`ENV_TIMING`)
+- ``nnUNet_unpaired_seed=N``: seeded training; seeds weight initialisation, case sampling and augmentation in the main
+  process and in every augmentation worker (ordered workers), see :mod:`nnunet_unpaired.training.seeding`
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import os
 import resource
 import time
 from typing import Dict, List, Optional
+
+from nnunet_unpaired.training.seeding import ENV_SEED, seed_everything, seed_from_env, seeded_augmenter
 
 ENV_EPOCHS = "nnUNet_unpaired_epochs"
 ENV_ITERS = "nnUNet_unpaired_iters"
@@ -71,8 +75,8 @@ def _peak_memory(device) -> Dict[str, object]:
 
 
 class BudgetMixin:
-    """Put first in the bases of a trainer: applies :func:`budget_from_env` and the mirroring switch, and times the
-    training iterations when :data:`ENV_TIMING` is set."""
+    """Put first in the bases of a trainer: applies :func:`budget_from_env` and the mirroring switch, seeds the run when
+    :data:`ENV_SEED` is set, and times the training iterations when :data:`ENV_TIMING` is set."""
 
     # nnU-Net records the init arguments by introspecting ``self.__init__``'s signature, so a trainer that inherits
     # this ``__init__`` (nnUNetTrainerVanilla) needs nnU-Net's exact parameter names here, not ``*args, **kwargs``
@@ -87,6 +91,15 @@ class BudgetMixin:
             self.print_to_log_file(
                 f"nnunet_unpaired: training length from the environment: {overrides}"
                 + (" ; mirroring disabled" if mirroring_disabled() else ""), also_print_to_console=True)
+        # seeded here, before initialize() builds the network; the augmentation workers in on_train_start
+        self.seed = seed_from_env()
+        if self.seed is not None:
+            if self.is_ddp:
+                raise NotImplementedError(f"{ENV_SEED} is not supported with multi-GPU (DDP) training: every rank "
+                                          f"would draw the same batches")
+            seed_everything(self.seed)
+            self.print_to_log_file(f"nnunet_unpaired: seeded training, {ENV_SEED}={self.seed}",
+                                   also_print_to_console=True)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
@@ -96,9 +109,28 @@ class BudgetMixin:
             self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, mirror_axes
 
-    # ------------------------------------------------------------------------------------------ iteration timing
     def on_train_start(self):
-        super().on_train_start()
+        super().on_train_start()  # builds every data loader (get_dataloaders of the most derived trainer)
+        if self.seed is not None:
+            self._seed_augmentation_workers()
+        self._start_timing()
+
+    def _seed_augmentation_workers(self) -> None:
+        """Replace each non-deterministic augmenter the trainer holds (A's and the partner's, training, validation
+        and any extra loader of a subclass) by an ordered one whose workers are seeded from the loader's name."""
+        replaced = []
+        for name in sorted(vars(self)):
+            augmenter = getattr(self, name)
+            seeded = seeded_augmenter(augmenter, self.seed, name)
+            if seeded is not augmenter:
+                setattr(self, name, seeded)
+                replaced.append(f"{name} ({seeded.num_processes} workers)")
+        if replaced:
+            self.print_to_log_file("nnunet_unpaired: seeded, ordered augmentation workers (MultiThreadedAugmenter) "
+                                   "for " + ", ".join(replaced))
+
+    # ------------------------------------------------------------------------------------------ iteration timing
+    def _start_timing(self) -> None:
         self._timing_file = os.environ.get(ENV_TIMING, "").strip() or None
         if self._timing_file:
             self._iteration_seconds: List[float] = []
