@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                           for p in PRESETS.values()))
     parser.add_argument("-c", "--configuration", default=none, help="nnU-Net configuration (default: the preset's)")
     parser.add_argument("--folds", nargs="+", default=["0"], help="cross-validation folds (0-4 or 'all')")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                        help="training seeds (nnUNet_unpaired_seed): every method trains once per seed and fold, with "
+                             "the same seeds, so runs pair up; the summary gives paired differences with 95%% "
+                             "intervals over test cases and seeds (default: 0)")
     parser.add_argument("--methods", nargs="+", default=none,
                         help="registered methods to compare (vanilla is always added); default: every registered "
                              "method of a kind the harness runs")
@@ -105,7 +109,9 @@ def build(args: argparse.Namespace):
         if phantom else None)
     if not phantom and (args.num_train is not None or args.num_test is not None):
         raise UserError("--num-train/--num-test describe the phantom; they do not apply to --pair datasets")
-    options = RunOptions(output=Path(args.output), folds=tuple(args.folds),
+    if any(s < 0 for s in args.seeds):
+        raise UserError(f"--seeds takes non-negative integers, got {' '.join(map(str, args.seeds))}")
+    options = RunOptions(output=Path(args.output), folds=tuple(args.folds), seeds=tuple(dict.fromkeys(args.seeds)),
                          methods=tuple(args.methods) if args.methods else None, scarce_b=tuple(args.scarce_b),
                          full_label=not args.no_full_label, device=args.device, restart=args.restart, date=args.date,
                          env=tuple((k, v) for k, v in preset.env if not os.environ.get(k)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from nnunet_unpaired.benchmark import registry
@@ -46,6 +46,7 @@ class Preset:
     #: nnU-Net environment variables (e.g. worker counts), used unless the caller's environment sets them
     env: tuple[tuple[str, str], ...] = ()
     predict_processes: tuple[int, int] | None = None  # nnUNetv2_predict -npp -nps; None: nnU-Net's defaults
+    in_plane_spacing: float | None = None  # plan at this coarser in-plane spacing (mm); None: nnU-Net's
 
 
 PRESETS: dict[str, Preset] = {
@@ -74,6 +75,7 @@ class BenchmarkSpec:
     max_features: int | None
     batch_size: int | None
     phantom: Mapping | None = None  # the phantom's PhantomConfig as a dict (phantom only)
+    in_plane_spacing: float | None = None  # plan-pair --in-plane-spacing (mm); None: nnU-Net's target spacing
 
     def as_json(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -103,6 +105,8 @@ class RunOptions:
 
     output: Path
     folds: tuple[str, ...] = ("0",)
+    #: training seeds (nnUNet_unpaired_seed), the same for every method so runs pair up; None: one unseeded run
+    seeds: tuple[int | None, ...] = (None,)
     methods: tuple[str, ...] | None = None  # None: every registered method of a supported kind
     scarce_b: tuple[int, ...] = ()
     full_label: bool = True
@@ -151,17 +155,35 @@ class Context:
     b: Dataset
     device: str
     log: Callable[[str], None] = say
+    seed: int | None = None  # the training seed of this context's runs (None: unseeded, nnU-Net's behaviour)
 
     @property
     def root(self) -> Path:
+        """The setting's folder: what every seed shares (the nnU-Net raw and preprocessed trees, plan, splits)."""
         return self.result / self.setting
 
     @property
+    def run_root(self) -> Path:
+        """The folder of this seed's runs (markers, logs, timing, model folders, predictions, metrics)."""
+        return self.root if self.seed is None else self.root / f"seed_{self.seed}"
+
+    def for_seed(self, seed: int | None) -> Context:
+        return replace(self, seed=seed)
+
+    @property
     def nnunet(self) -> dict[str, Path]:
-        return {n: self.root / "nnunet" / n for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+        shared = {n: self.root / "nnunet" / n for n in ("nnUNet_raw", "nnUNet_preprocessed")}
+        return {**shared, "nnUNet_results": self.run_root / "nnunet" / "nnUNet_results"}
 
     def folder(self, name: str) -> Path:
+        """A folder of the setting (shared by its seeds), created."""
         path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def run_folder(self, name: str) -> Path:
+        """A folder of this seed's runs, created."""
+        path = self.run_root / name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -187,6 +209,10 @@ class Context:
         else:
             env.pop(interface.ENV_NO_MIRRORING, None)
         env.pop(interface.ENV_TIMING, None)
+        if self.seed is None:
+            env.pop(interface.ENV_SEED, None)
+        else:
+            env[interface.ENV_SEED] = str(self.seed)
         env.update(dict(self.options.env))
         if self.device == "cpu":
             env["nnUNet_compile"] = "false"
@@ -197,6 +223,16 @@ class Context:
         if method is not None:
             env.update(method.env)
         return env
+
+
+#: what a setting trained: (method name, fold, seed) -> (method, the models to predict); a 2-tuple key means seed None
+Trained = Mapping[tuple, tuple[Method, list[ModelRef]]]
+
+
+def run_key(key: tuple) -> tuple[str, str, int | None]:
+    """``(method name, fold, seed)`` of a key of :data:`Trained` (seed None for a 2-tuple)."""
+    name, fold, *rest = key
+    return str(name), str(fold), (rest[0] if rest else None)
 
 
 @dataclass

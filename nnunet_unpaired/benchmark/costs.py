@@ -8,7 +8,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
-from nnunet_unpaired.benchmark.config import Context, ModelRef
+from nnunet_unpaired.benchmark.config import Context, ModelRef, Trained, run_key
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import marker_path
 from nnunet_unpaired.benchmark.training_runs import timing_files
@@ -40,10 +40,10 @@ def collect_costs(ctx: Context, method: Method, models: Sequence[ModelRef], fold
     per_iteration, n_iterations = median_after_warmup(records)
     peaks = [r["peak_memory_mib"] for r in records if r.get("peak_memory_mib") is not None]
     kinds = sorted({r.get("peak_memory_kind", "") for r in records})
-    predicted = [json.loads(marker_path(ctx.root, f"predict__{method.name}__{m.dataset.name}__fold_{fold}")
+    predicted = [json.loads(marker_path(ctx.run_root, f"predict__{method.name}__{m.dataset.name}__fold_{fold}")
                             .read_text()) for m in models]
     cases = sum(p["cases"] for p in predicted)
-    train_markers = [json.loads(marker_path(ctx.root, f"train__{run}").read_text()) for run in runs]
+    train_markers = [json.loads(marker_path(ctx.run_root, f"train__{run}").read_text()) for run in runs]
     return {"method": method.name, "fold": fold, "seconds_per_iteration": per_iteration,
             "peak_memory_mib": max(peaks) if peaks else math.nan,
             "inference_seconds_per_case": sum(p["wall_seconds"] for p in predicted) / max(1, cases),
@@ -66,13 +66,14 @@ def training_logging(ctx: Context, model: ModelRef, fold: str) -> dict:
     return checkpoint.get("logging", {})
 
 
-def loss_curves(ctx: Context, trained: Mapping[tuple[str, str], tuple[Method, list[ModelRef]]]
-                ) -> dict[str, tuple[dict[str, list[float]], dict[str, list[float]]]]:
-    """modality -> (method -> training loss per epoch, method -> validation loss per epoch), mean over folds."""
+def loss_curves(ctx: Context, trained: Trained) -> dict[str, tuple[dict[str, list[float]], dict[str, list[float]]]]:
+    """modality -> (method -> training loss per epoch, method -> validation loss per epoch), mean over folds and
+    seeds."""
     curves: dict[str, tuple[dict[str, list[list[float]]], dict[str, list[list[float]]]]] = {}
-    for (method_name, fold), (_, models) in trained.items():
+    for key, (_, models) in trained.items():
+        method_name, fold, seed = run_key(key)
         for model in models:
-            logging = training_logging(ctx, model, fold)
+            logging = training_logging(ctx.for_seed(seed), model, fold)
             train, val = curves.setdefault(model.dataset.name, ({}, {}))
             if logging.get(model.train_loss_key):
                 train.setdefault(method_name, []).append([float(v) for v in logging[model.train_loss_key]])

@@ -15,7 +15,7 @@ from nnunet_unpaired.benchmark.steps import run_step
 
 
 def metrics_file(ctx: Context, method: str, dataset: Dataset, fold: str) -> Path:
-    return ctx.root / "metrics" / f"{method}__{dataset.name}__fold_{fold}.csv"
+    return ctx.run_root / "metrics" / f"{method}__{dataset.name}__fold_{fold}.csv"
 
 
 def evaluate(ctx: Context, method: Method, model: ModelRef, fold: str) -> dict:
@@ -24,7 +24,8 @@ def evaluate(ctx: Context, method: Method, model: ModelRef, fold: str) -> dict:
     def action(log_file: Path) -> dict:
         rows = evaluate_folder(prediction_folder(ctx, method, model, fold), model.dataset.raw / "labelsTs",
                                model.dataset.labels)
-        rows = [{"method": method.name, "modality": model.dataset.name, "fold": fold, **row} for row in rows]
+        rows = [{"method": method.name, "modality": model.dataset.name, "fold": fold, "seed": ctx.seed, **row}
+                for row in rows]
         path = metrics_file(ctx, method.name, model.dataset, fold)
         path.parent.mkdir(parents=True, exist_ok=True)
         report.write_csv(rows, path)
@@ -35,7 +36,7 @@ def evaluate(ctx: Context, method: Method, model: ModelRef, fold: str) -> dict:
         return {"method": method.name, "dataset": model.dataset.name, "fold": fold, "mean_dice": mean,
                 "file": str(path)}
 
-    return run_step(ctx.root, f"evaluate__{method.name}__{model.dataset.name}__fold_{fold}", action, ctx.log)
+    return run_step(ctx.run_root, f"evaluate__{method.name}__{model.dataset.name}__fold_{fold}", action, ctx.log)
 
 
 def mean_dice(rows: Sequence[Mapping], method: str, modality: str) -> float:

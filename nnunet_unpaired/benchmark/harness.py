@@ -46,8 +46,8 @@ are always rewritten. ``restart=True`` deletes the result folder first.
 
 Kinds: a kind runner is a function ``(ctx, method, fold) -> list[ModelRef]`` that trains (through
 :func:`nnunet_unpaired.benchmark.training_runs.train_run`, which handles markers, budget and timing) and returns the
-model to predict for each modality. Add a kind by adding a function to ``training_runs.KIND_RUNNERS``, or an experiment (a kind
-with settings of its own) as one module plus one line in :data:`EXPERIMENTS`."""
+model to predict for each modality. Add a kind by adding a function to ``training_runs.KIND_RUNNERS``, or an
+experiment (a kind with settings of its own) as one module plus one line in :data:`EXPERIMENTS`."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ from nnunet_unpaired.benchmark.config import (
     ExperimentInput,
     ModelRef,
     RunOptions,
+    Trained,
     say,
 )
 from nnunet_unpaired.benchmark.data import link_raw, prepare_data, user_datasets, write_splits
@@ -168,17 +169,21 @@ def parse_fold(fold: str) -> str:
     return fold
 
 
-def train_predict_evaluate(ctx: Context, methods: Sequence[Method], folds: Sequence[str]
-                           ) -> dict[tuple[str, str], tuple[Method, list[ModelRef]]]:
-    """Train every method on every fold (its kind's runner), predict its models' test cases and evaluate them."""
-    trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
-    for fold in folds:
-        for method in methods:
-            models = train_method(ctx, method, fold)
-            for model in models:
-                predict(ctx, method, model, fold)
-                evaluate(ctx, method, model, fold)
-            trained[(method.name, fold)] = (method, models)
+def train_predict_evaluate(ctx: Context, methods: Sequence[Method], folds: Sequence[str]) -> Trained:
+    """Train every method on every fold and seed (its kind's runner), predict its models' test cases and evaluate
+    them. Seeds are the outer loop, so an interrupted benchmark has complete seeds (every method) to compare."""
+    trained: dict[tuple, tuple[Method, list[ModelRef]]] = {}
+    for seed in ctx.options.seeds:
+        run_ctx = ctx.for_seed(seed)
+        if seed is not None:
+            ctx.log(f"-- seed {seed}")
+        for fold in folds:
+            for method in methods:
+                models = train_method(run_ctx, method, fold)
+                for model in models:
+                    predict(run_ctx, method, model, fold)
+                    evaluate(run_ctx, method, model, fold)
+                trained[(method.name, fold, seed)] = (method, models)
     return trained
 
 

@@ -403,7 +403,7 @@ def predict_inputs(ctx: Context, step: str, method: Method, dataset: Dataset, im
         return {"method": method.name, "dataset": dataset.name, "fold": fold, "cases": len(cases),
                 "wall_seconds": seconds, "seconds_per_case": seconds / max(1, len(cases))}
 
-    return run_step(ctx.root, step, action, ctx.log)
+    return run_step(ctx.run_root, step, action, ctx.log)
 
 
 def evaluate_condition(ctx: Context, method_name: str, label: str, key: str, predictions: Path, source: Dataset,
@@ -412,12 +412,12 @@ def evaluate_condition(ctx: Context, method_name: str, label: str, key: str, pre
     modality ``label``; kept in ``metrics/conditions/<method>__<key>__fold_<k>.csv``."""
     from nnunet_unpaired.benchmark.metrics import evaluate_folder
 
-    path = ctx.root / "metrics" / "conditions" / f"{method_name}__{key}__fold_{fold}.csv"
+    path = ctx.run_root / "metrics" / "conditions" / f"{method_name}__{key}__fold_{fold}.csv"
 
     def action(log_file: Path) -> dict:
         ending = _dataset_json(source.raw)["file_ending"]
         rows = evaluate_folder(predictions, source.raw / "labelsTs", source.labels, ending)
-        rows = [{"method": method_name, "modality": label, "fold": fold, **row} for row in rows]
+        rows = [{"method": method_name, "modality": label, "fold": fold, "seed": ctx.seed, **row} for row in rows]
         path.parent.mkdir(parents=True, exist_ok=True)
         report.write_csv(rows, path)
         dice = [float(r["dice"]) for r in rows if r["dice"] == r["dice"]]
@@ -425,7 +425,7 @@ def evaluate_condition(ctx: Context, method_name: str, label: str, key: str, pre
         ctx.log(f"    {method_name}, {label}, fold {fold}: mean Dice {mean:.3f}")
         return {"method": method_name, "condition": label, "fold": fold, "mean_dice": mean, "file": str(path)}
 
-    run_step(ctx.root, f"evaluate__{method_name}__{key}__fold_{fold}", action, ctx.log)
+    run_step(ctx.run_root, f"evaluate__{method_name}__{key}__fold_{fold}", action, ctx.log)
     return report.read_csv(path)
 
 
@@ -433,11 +433,11 @@ def evaluate_condition(ctx: Context, method_name: str, label: str, key: str, pre
 
 
 def run_fold(ctx: Context, methods: Sequence[Method], source: Dataset, derived: Mapping[int, Dataset],
-             names: Mapping[int, str], fold: str) -> dict[tuple[str, str], tuple[Method, list[ModelRef]]]:
+             names: Mapping[int, str], fold: str) -> dict[tuple, tuple[Method, list[ModelRef]]]:
     """Train, predict and evaluate everything of one fold; the metric files hold the report's rows."""
     vanilla, others = methods[0], list(methods[1:])
     retrained = Method(RETRAINED, vanilla.trainer, "single", "vanilla nnU-Net trained without the missing channel")
-    trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
+    trained: dict[tuple, tuple[Method, list[ModelRef]]] = {}
     for method in (vanilla, *others):
         run = f"{method.name}__fold_{fold}"
         train_run(ctx, method, run, source, fold)
@@ -445,24 +445,25 @@ def run_fold(ctx: Context, methods: Sequence[Method], source: Dataset, derived: 
         checkpoint = ctx.model_folder(source, method.trainer, fold) / "checkpoint_final.pth"
         if not checkpoint.is_file():
             raise UserError(f"method {method.name!r}: training finished but {checkpoint} is missing. Look into "
-                            f"{ctx.root / 'logs'}; rerun with --restart if the folder was changed by hand.")
+                            f"{ctx.run_root / 'logs'}; rerun with --restart if the folder was changed by hand.")
         predict(ctx, method, model, fold)
         rows = evaluate_condition(ctx, method.name, condition(None, names), "all_channels",
-                                  ctx.root / "predictions" / method.name / source.name / f"fold_{fold}", source, fold)
+                                  ctx.run_root / "predictions" / method.name / source.name / f"fold_{fold}", source,
+                                  fold)
         for c in names:
             others_available = [k for k in names if k != c]
             if method is vanilla:  # the all-channel model, channel c zero-filled
                 images, key = condition_inputs(ctx, source, c, "zero"), f"zero_filled_channel_{c}"
-                out = ctx.root / "predictions" / method.name / key / f"fold_{fold}"
+                out = ctx.run_root / "predictions" / method.name / key / f"fold_{fold}"
                 predict_inputs(ctx, f"predict__{method.name}__{key}__fold_{fold}", method, source, images, out, fold)
             else:  # channel c's files absent, the model told which channels it has
                 images, key = condition_inputs(ctx, source, c, "missing"), f"missing_channel_{c}"
-                out = ctx.root / "predictions" / method.name / key / f"fold_{fold}"
+                out = ctx.run_root / "predictions" / method.name / key / f"fold_{fold}"
                 predict_inputs(ctx, f"predict__{method.name}__{key}__fold_{fold}", method, source, images, out, fold,
                                available=others_available)
             rows += evaluate_condition(ctx, method.name, condition(c, names), key, out, source, fold)
         report.write_csv(rows, metrics_file(ctx, method.name, source, fold))
-        trained[(method.name, fold)] = (method, [model])
+        trained[(method.name, fold, ctx.seed)] = (method, [model])
         if method is vanilla:  # the retrained baselines next to vanilla (the report's column order)
             models = []
             for c, dataset in derived.items():
@@ -472,22 +473,24 @@ def run_fold(ctx: Context, methods: Sequence[Method], source: Dataset, derived: 
                 predict(ctx, retrained, model_c, fold)
                 rows_c = evaluate_condition(
                     ctx, RETRAINED, condition(c, names), f"missing_channel_{c}",
-                    ctx.root / "predictions" / RETRAINED / dataset.name / f"fold_{fold}", source, fold)
+                    ctx.run_root / "predictions" / RETRAINED / dataset.name / f"fold_{fold}", source, fold)
                 report.write_csv(rows_c, metrics_file(ctx, RETRAINED, dataset, fold))
                 models.append(model_c)
-            trained[(RETRAINED, fold)] = (retrained, models)
+            trained[(RETRAINED, fold, ctx.seed)] = (retrained, models)
     return trained
 
 
 def _markers(ctx: Context, prefix: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((ctx.root / "steps").glob(f"{prefix}*.json"))]
+    """The markers of every seed's runs whose step name starts with ``prefix``."""
+    roots = [ctx.for_seed(seed).run_root for seed in ctx.options.seeds]
+    return [json.loads(p.read_text()) for root in roots for p in sorted((root / "steps").glob(f"{prefix}*.json"))]
 
 
 def _maml_settings(ctx: Context, methods: Sequence[Method], source: Dataset, folds: Sequence[str]) -> list[str]:
     """The settings each multichannel method recorded in its model folder's plans.json (e.g. MAML's ``"maml"``)."""
     lines = []
     for method in methods[1:]:
-        plans = ctx.model_folder(source, method.trainer, folds[0]).parent / "plans.json"
+        plans = ctx.for_seed(ctx.options.seeds[0]).model_folder(source, method.trainer, folds[0]).parent / "plans.json"
         if plans.is_file():
             recorded = json.loads(plans.read_text()).get("maml")
             if recorded:
@@ -597,13 +600,15 @@ def run_settings(inp: ExperimentInput) -> list[dict]:
     folds = list(inp.options.folds)
     if any(fold != "all" for fold in folds):
         write_splits(ctx, source, list(derived.values()))
-    trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
-    for fold in folds:
-        trained.update(run_fold(ctx, methods, source, derived, names, fold))
+    trained: dict[tuple, tuple[Method, list[ModelRef]]] = {}
+    for seed in inp.options.seeds:
+        for fold in folds:
+            trained.update(run_fold(ctx.for_seed(seed), methods, source, derived, names, fold))
 
-    rows = [row for (name, fold), (_, models) in trained.items() for model in models
-            for row in report.read_csv(metrics_file(ctx, name, model.dataset, fold))]
-    costs = [collect_costs(ctx, method, models, fold) for (_, fold), (method, models) in trained.items()]
+    rows = [row for (name, fold, seed), (_, models) in trained.items() for model in models
+            for row in report.read_csv(metrics_file(ctx.for_seed(seed), name, model.dataset, fold))]
+    costs = [collect_costs(ctx.for_seed(seed), method, models, fold)
+             for (_, fold, seed), (method, models) in trained.items()]
     data = (f"the multi-channel phantom (nnunet_unpaired/phantom_multichannel.py: {phantom['num_channels']} channels, "
             f"structure only_<c> visible in channel c only, 'shared' in every channel), {phantom['num_cases']} "
             f"training + {phantom['num_test_cases']} test cases of {' x '.join(map(str, phantom['shape']))} voxels"

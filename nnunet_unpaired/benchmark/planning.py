@@ -17,6 +17,8 @@ def plan(ctx: Context) -> dict:
                "-c", ctx.spec.configuration, "-p", PLANS_NAME, "-np", str(ctx.options.plan_processes)]
         if ctx.spec.max_features is not None:
             cmd += ["--max-features", str(ctx.spec.max_features)]
+        if ctx.spec.in_plane_spacing is not None:
+            cmd += ["--in-plane-spacing", str(ctx.spec.in_plane_spacing)]
         if ctx.spec.batch_size is not None:
             cmd += ["--batch-size", str(ctx.spec.batch_size)]
         if ctx.spec.datasets is None:
@@ -24,7 +26,7 @@ def plan(ctx: Context) -> dict:
         steps.run_command(cmd, ctx.env(), log_file, ctx.log)
         plans = json.loads((ctx.nnunet["nnUNet_preprocessed"] / ctx.a.name / f"{PLANS_NAME}.json").read_text())
         conf = plans["configurations"][ctx.spec.configuration]
-        return {"batch_size": conf["batch_size"], "patch_size": conf["patch_size"],
+        return {"batch_size": conf["batch_size"], "patch_size": conf["patch_size"], "spacing": conf.get("spacing"),
                 "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"]}
 
     return run_step(ctx.root, "plan", action, ctx.log)

@@ -14,7 +14,7 @@ from nnunet_unpaired.benchmark.steps import run_step, tool
 
 
 def prediction_folder(ctx: Context, method: Method, model: ModelRef, fold: str) -> Path:
-    return ctx.root / "predictions" / method.name / model.dataset.name / f"fold_{fold}"
+    return ctx.run_root / "predictions" / method.name / model.dataset.name / f"fold_{fold}"
 
 
 def predict(ctx: Context, method: Method, model: ModelRef, fold: str) -> dict:
@@ -37,4 +37,4 @@ def predict(ctx: Context, method: Method, model: ModelRef, fold: str) -> dict:
         return {"method": method.name, "dataset": model.dataset.name, "fold": fold, "cases": len(cases),
                 "wall_seconds": seconds, "seconds_per_case": seconds / max(1, len(cases))}
 
-    return run_step(ctx.root, f"predict__{method.name}__{model.dataset.name}__fold_{fold}", action, ctx.log)
+    return run_step(ctx.run_root, f"predict__{method.name}__{model.dataset.name}__fold_{fold}", action, ctx.log)

@@ -412,7 +412,7 @@ def train_semi(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
         checkpoint = ctx.model_folder(model.dataset, model.trainer, fold) / "checkpoint_final.pth"
         if not checkpoint.is_file():
             raise UserError(f"method {method.name!r}: training finished but {checkpoint} is missing. Look into "
-                            f"{ctx.root / 'logs'}; rerun with --restart if the folder was changed by hand.")
+                            f"{ctx.run_root / 'logs'}; rerun with --restart if the folder was changed by hand.")
     return models
 
 
@@ -532,21 +532,24 @@ def run_setting(inp: ExperimentInput, setting: SemiSetting, methods: Sequence[Me
     for folder in ctx.nnunet.values():
         folder.mkdir(parents=True, exist_ok=True)
     planned = plan(ctx)
-    trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
-    for fold in folds:
-        for method in methods:
-            write_method_splits(ctx, method)
-            models = train_any(ctx, method, fold)
-            for model in models:
-                predict(ctx, method, model, fold)
-                evaluate(ctx, method, model, fold)
-            trained[(method.name, fold)] = (method, models)
-    rows = [row for (name, fold), (_, models) in trained.items() for model in models
-            for row in report.read_csv(metrics_file(ctx, name, model.dataset, fold))]
-    costs = [collect_costs(ctx, method, models, fold) for (_, fold), (method, models) in trained.items()]
+    trained: dict[tuple, tuple[Method, list[ModelRef]]] = {}
+    for seed in inp.options.seeds:
+        run_ctx = ctx.for_seed(seed)
+        for fold in folds:
+            for method in methods:
+                write_method_splits(ctx, method)
+                models = train_any(run_ctx, method, fold)
+                for model in models:
+                    predict(run_ctx, method, model, fold)
+                    evaluate(run_ctx, method, model, fold)
+                trained[(method.name, fold, seed)] = (method, models)
+    rows = [row for (name, fold, seed), (_, models) in trained.items() for model in models
+            for row in report.read_csv(metrics_file(ctx.for_seed(seed), name, model.dataset, fold))]
+    costs = [collect_costs(ctx.for_seed(seed), method, models, fold)
+             for (_, fold, seed), (method, models) in trained.items()]
     headline = headline_table(rows, costs, [m.name for m in methods], [a.name, b.name],
                               target=setting.percent == TARGET_PERCENT and not setting.misaligned)
-    settings = _cmc_settings(ctx, methods, folds[0])
+    settings = _cmc_settings(ctx.for_seed(inp.options.seeds[0]), methods, folds[0])
     if settings:
         headline += "\n\nCMC settings (from the model folder's plans.json): " + "; ".join(settings) + "."
     data = json.loads(marker_path(ctx.root, "data").read_text())

@@ -12,19 +12,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nnunet_unpaired.benchmark import report
-from nnunet_unpaired.benchmark.config import BASELINE, BenchmarkSpec, Context, Dataset, ModelRef, RunOptions
+from nnunet_unpaired.benchmark.config import BASELINE, BenchmarkSpec, Context, Dataset, RunOptions, Trained, run_key
 from nnunet_unpaired.benchmark.costs import collect_costs, loss_curves, mean
 from nnunet_unpaired.benchmark.evaluation import mean_dice, metrics_file
-from nnunet_unpaired.benchmark.registry import Method
 
 
-def write_setting_report(ctx: Context, trained: Mapping[tuple[str, str], tuple[Method, list[ModelRef]]]) -> dict:
-    """Report of one setting from the metric files, timing files and checkpoints of the methods and folds run now."""
+def write_setting_report(ctx: Context, trained: Trained) -> dict:
+    """Report of one setting from the metric files, timing files and checkpoints of the methods, folds and seeds run
+    now."""
     rows, costs = [], []
-    for (method_name, fold), (method, models) in trained.items():
+    for key, (method, models) in trained.items():
+        method_name, fold, seed = run_key(key)
+        run_ctx = ctx.for_seed(seed)
         for model in models:
-            rows += report.read_csv(metrics_file(ctx, method_name, model.dataset, fold))
-        costs.append(collect_costs(ctx, method, models, fold))
+            rows += report.read_csv(metrics_file(run_ctx, method_name, model.dataset, fold))
+        costs.append({**collect_costs(run_ctx, method, models, fold), "seed": seed})
     out = ctx.folder("report")
     written = report.write_report(rows, out, costs)
     for modality, (train, val) in loss_curves(ctx, trained).items():
@@ -130,13 +132,14 @@ def summary_markdown(spec: BenchmarkSpec, options: RunOptions, result: Path, dev
     return "\n".join(lines)
 
 
-def setting_summary(ctx: Context, trained: Mapping[tuple[str, str], tuple[Method, list[ModelRef]]], title: str,
-                    note: str, planned: Mapping, headline: str = "") -> dict:
+def setting_summary(ctx: Context, trained: Trained, title: str, note: str, planned: Mapping, headline: str = ""
+                    ) -> dict:
     """Write the setting's report and return its summary (what ``results.md`` shows of it). ``headline``: markdown
     an experiment puts first in its section (e.g. its own summary table)."""
     ctx.log(f"[report] {ctx.setting}")
     made = write_setting_report(ctx, trained)
-    markers = [json.loads(p.read_text()) for p in sorted((ctx.root / "steps").glob("*.json"))]
+    files = sorted((ctx.root / "steps").glob("*.json")) + sorted(ctx.root.glob("seed_*/steps/*.json"))
+    markers = [json.loads(p.read_text()) for p in files]
     return {"name": ctx.setting, "steps": markers, "title": title, "note": note, "plan": planned,
             "rows": made["rows"], "costs": made["costs"], "files": made["files"], "headline": headline,
             "markdown": (ctx.root / "report" / "results.md").read_text()}

@@ -16,7 +16,7 @@ from nnunet_unpaired.training import interface
 
 
 def timing_files(ctx: Context, run: str) -> list[Path]:
-    folder = ctx.root / "timing"
+    folder = ctx.run_root / "timing"
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if re.fullmatch(re.escape(run) + r"(\.resume\d+)?\.json", p.name))
@@ -33,7 +33,8 @@ def train_run(ctx: Context, method: Method, run: str, dataset: Dataset, fold: st
         folder = ctx.model_folder(dataset, method.trainer, fold)
         resume = (folder / "checkpoint_latest.pth").is_file() or (folder / "checkpoint_final.pth").is_file()
         previous = timing_files(ctx, run)
-        timing = ctx.folder("timing") / (f"{run}.resume{len(previous)}.json" if resume and previous else f"{run}.json")
+        name = f"{run}.resume{len(previous)}.json" if resume and previous else f"{run}.json"
+        timing = ctx.run_folder("timing") / name
         env = ctx.env(method)
         env[interface.ENV_TIMING] = str(timing)
         cmd = [tool("nnUNetv2_train"), dataset.name, ctx.spec.configuration, fold, "-tr", method.trainer,
@@ -44,7 +45,7 @@ def train_run(ctx: Context, method: Method, run: str, dataset: Dataset, fold: st
         steps.run_command(cmd, env, log_file, ctx.log)
         return {"method": method.name, "dataset": dataset.name, "fold": fold, "resumed": resume}
 
-    return run_step(ctx.root, f"train__{run}", action, ctx.log)
+    return run_step(ctx.run_root, f"train__{run}", action, ctx.log)
 
 
 def require_checkpoints(ctx: Context, method: Method, models: Sequence[ModelRef], fold: str) -> None:
@@ -52,7 +53,7 @@ def require_checkpoints(ctx: Context, method: Method, models: Sequence[ModelRef]
         checkpoint = ctx.model_folder(model.dataset, model.trainer, fold) / "checkpoint_final.pth"
         if not checkpoint.is_file():
             raise UserError(f"method {method.name!r}: training finished but {checkpoint} is missing. Look into "
-                            f"{ctx.root / 'logs'}; rerun with --restart if the folder was changed by hand.")
+                            f"{ctx.run_root / 'logs'}; rerun with --restart if the folder was changed by hand.")
 
 
 def train_single(ctx: Context, method: Method, fold: str) -> list[ModelRef]:

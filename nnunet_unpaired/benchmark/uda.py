@@ -179,18 +179,20 @@ def run_direction(inp: ExperimentInput, direction: str, methods: Sequence[Method
     planned = plan(ctx)
     if any(fold != "all" for fold in inp.options.folds):
         write_splits(ctx)
-    trained: dict[tuple[str, str], tuple[Method, list[ModelRef]]] = {}
-    stages: dict[tuple[str, str], ModelRef] = {}  # (stage trainer, fold) -> its model
-    for fold in inp.options.folds:
-        for method in methods:
-            stage = prerequisite(method)
-            if stage is not None and (stage.trainer, fold) not in stages:
-                ctx.log(f"    {method.name} needs {stage.trainer} (stage 1) first")
-                stages[(stage.trainer, fold)] = train_stage(ctx, stage, fold)
-            model = train_uda_method(ctx, method, fold)
-            predict(ctx, method, model, fold)
-            evaluate(ctx, method, model, fold)
-            trained[(method.name, fold)] = (method, [model])
+    trained: dict[tuple, tuple[Method, list[ModelRef]]] = {}
+    stages: dict[tuple, ModelRef] = {}  # (stage trainer, fold, seed) -> its model
+    for seed in inp.options.seeds:
+        run_ctx = ctx.for_seed(seed)
+        for fold in inp.options.folds:
+            for method in methods:
+                stage = prerequisite(method)
+                if stage is not None and (stage.trainer, fold, seed) not in stages:
+                    ctx.log(f"    {method.name} needs {stage.trainer} (stage 1) first")
+                    stages[(stage.trainer, fold, seed)] = train_stage(run_ctx, stage, fold)
+                model = train_uda_method(run_ctx, method, fold)
+                predict(run_ctx, method, model, fold)
+                evaluate(run_ctx, method, model, fold)
+                trained[(method.name, fold, seed)] = (method, [model])
     numbers = method_numbers(ctx, methods, inp.options.folds)
     headline = headline_markdown(target.name, numbers)
     title = f"uda {short_name(source)} -> {short_name(target)}"
@@ -235,20 +237,24 @@ def _median_seconds(ctx: Context, run: str) -> float:
 
 
 def method_numbers(ctx: Context, methods: Sequence[Method], folds: Sequence[str]) -> list[MethodNumbers]:
-    """Mean target Dice (from the metric files) and training cost (from the step markers and timing files)."""
+    """Mean target Dice (from the metric files) and training cost (from the step markers and timing files), over the
+    folds and seeds run."""
     numbers = []
+    contexts = [ctx.for_seed(seed) for seed in ctx.options.seeds]
     for method in methods:
-        rows = [row for fold in folds for row in report.read_csv(metrics_file(ctx, method.name, ctx.b, fold))]
+        rows = [row for c in contexts for fold in folds
+                for row in report.read_csv(metrics_file(c, method.name, ctx.b, fold))]
         stage = prerequisite(method)
         walls, per_iteration, loads = [], [], []
-        for fold in folds:
-            runs = [vanilla_run(ctx, fold) if method.name == UPPER_BOUND else method_run(method, fold)]
-            if stage is not None:
-                runs.append(method_run(stage, fold))
-            markers = [json.loads(marker_path(ctx.root, f"train__{run}").read_text()) for run in runs]
-            walls.append(sum(float(m["seconds"]) for m in markers))
-            loads += [float(v) for m in markers for v in m.get("load_average", [])]
-            per_iteration.append(sum(_median_seconds(ctx, run) for run in runs))
+        for c in contexts:
+            for fold in folds:
+                runs = [vanilla_run(c, fold) if method.name == UPPER_BOUND else method_run(method, fold)]
+                if stage is not None:
+                    runs.append(method_run(stage, fold))
+                markers = [json.loads(marker_path(c.run_root, f"train__{run}").read_text()) for run in runs]
+                walls.append(sum(float(m["seconds"]) for m in markers))
+                loads += [float(v) for m in markers for v in m.get("load_average", [])]
+                per_iteration.append(sum(_median_seconds(c, run) for run in runs))
         numbers.append(MethodNumbers(method.name, mean_dice(rows, method.name, ctx.b.name),
                                      statistics.fmean(walls), statistics.fmean(per_iteration),
                                      statistics.fmean(loads) if loads else math.nan,
