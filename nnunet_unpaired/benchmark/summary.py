@@ -12,9 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nnunet_unpaired.benchmark import report
+from nnunet_unpaired.benchmark.comparison import comparison_markdown
 from nnunet_unpaired.benchmark.config import BASELINE, BenchmarkSpec, Context, Dataset, RunOptions, Trained, run_key
 from nnunet_unpaired.benchmark.costs import collect_costs, loss_curves, mean
 from nnunet_unpaired.benchmark.evaluation import mean_dice, metrics_file
+from nnunet_unpaired.benchmark.registry import JOINT
+
+#: the baselines every method is compared with in ``results.md``, where they ran
+COMPARISON_BASELINES = (BASELINE, JOINT, "source-only")
 
 
 def write_setting_report(ctx: Context, trained: Trained) -> dict:
@@ -118,6 +123,17 @@ def summary_markdown(spec: BenchmarkSpec, options: RunOptions, result: Path, dev
         body.append([s["title"], "training wall time"] + cells)
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body] + [""]
+    lines += ["## Paired differences with 95% intervals", "",
+              (f"Seeds: {', '.join('unseeded' if x is None else str(x) for x in options.seeds)}; every method trained "
+               "once per seed and fold with the same seeds, splits and budget. A case's score is its Dice averaged "
+               "over structures; Δ = method - baseline, averaged over the (seed and fold) runs and test cases both "
+               "have; the interval is a percentile bootstrap (scipy.stats.bootstrap, 9999 resamples) resampling runs "
+               "and cases independently (cases only for a single run). An interval that contains zero is no "
+               "detectable difference. The noise floor is the seed-to-seed spread of the baseline's mean Dice. "
+               "See nnunet_unpaired/benchmark/comparison.py."), ""]
+    for s in settings:
+        lines += [f"### {s['title']}", ""]
+        lines += comparison_markdown(s["rows"], methods, COMPARISON_BASELINES)
     for s in settings:
         lines += [f"## Setting: {s['title']}", "", s["note"], ""]
         if s.get("headline"):

@@ -10,6 +10,8 @@ benchmark baseline) reads these variables; when none is set, nnU-Net's defaults 
 - ``nnUNet_unpaired_no_mirroring=1``: no mirroring augmentation and no mirroring at test time
 - ``nnUNet_unpaired_timing_file=PATH``: time every training iteration and write, when training ends, a JSON file
   with the per-iteration seconds and the peak memory (used by the benchmark's cost table; see :data:`ENV_TIMING`)
+- ``nnUNet_unpaired_snapshot_every=N``: also save ``checkpoint_epoch_<e>.pth`` after every N-th epoch (e = epochs
+  done), for learning curves (``nnUNetv2_predict -chk checkpoint_epoch_<e>.pth``)
 - ``nnUNet_unpaired_seed=N``: seeded training; seeds weight initialisation, case sampling and augmentation in the main
   process and in every augmentation worker (ordered workers), see :mod:`nnunet_unpaired.training.seeding`
 """
@@ -28,6 +30,7 @@ ENV_EPOCHS = "nnUNet_unpaired_epochs"
 ENV_ITERS = "nnUNet_unpaired_iters"
 ENV_VAL_ITERS = "nnUNet_unpaired_val_iters"
 ENV_NO_MIRRORING = "nnUNet_unpaired_no_mirroring"
+ENV_SNAPSHOT_EVERY = "nnUNet_unpaired_snapshot_every"
 #: When set, every training iteration is timed and written to this JSON file at the end of training, with keys
 #: ``iteration_seconds`` (one value per iteration: wall time from the end of the previous training step, or from the
 #: start of the epoch, to the end of this one, so data loading, forward, backward and optimizer step all count; on
@@ -156,6 +159,12 @@ class BudgetMixin:
         if getattr(self, "_timing_file", None):
             self._timing_sync()
             self._timing_last = time.perf_counter()
+
+    def on_epoch_end(self):
+        super().on_epoch_end()  # nnU-Net's: checkpoint_latest, progress.png, then current_epoch += 1
+        every = _positive_int(ENV_SNAPSHOT_EVERY)
+        if every and self.current_epoch % every == 0 and self.local_rank == 0:
+            self.save_checkpoint(os.path.join(self.output_folder, f"checkpoint_epoch_{self.current_epoch}.pth"))
 
     def on_train_end(self):
         super().on_train_end()
