@@ -330,7 +330,8 @@ def test_update_docs_replaces_only_the_marked_section(tmp_path):
     (result / "full-label" / "report" / "inference_speed.md").write_text("| dataset | method |\n| CT | eam |\n")
     docs = tmp_path / "docs" / "benchmarks.md"
     docs.parent.mkdir()
-    docs.write_text(f"# Benchmarks\n\nintro\n\n{update_docs.START}\nstale results\n{update_docs.END}\n\nafter\n")
+    start, end = update_docs.markers()
+    docs.write_text(f"# Benchmarks\n\nintro\n\n{start}\nstale results\n{end}\n\nafter\n")
     assert update_docs.main([str(result), "--docs", str(docs), "--copy-to", str(tmp_path / "copy"),
                              "--note", "Machine: test."]) == 0
     text = docs.read_text()

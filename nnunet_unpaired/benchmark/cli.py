@@ -19,6 +19,7 @@ HELP = "train and compare methods against vanilla nnU-Net"
 
 # options without a default value of their own (absent from the parsed arguments when not given)
 _OPTIONAL = ("pair", "configuration", "methods", "epochs", "iters", "val_iters", "max_features", "batch_size",
+             "in_plane_spacing",
              "num_train", "num_test", "date", "device", "multichannel_dataset")
 
 
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation iterations per epoch (default: the preset's)")
     parser.add_argument("--max-features", type=int, default=none,
                         help="cap of the feature maps per stage (default: the preset's)")
+    parser.add_argument("--in-plane-spacing", type=float, default=none, metavar="MM",
+                        help="plan-pair --in-plane-spacing: plan at this coarser in-plane spacing (default: the "
+                             "preset's; cpu-real: 3.0)")
     parser.add_argument("--batch-size", type=int, default=none,
                         help="batch size (default: the preset's, or nnU-Net's plan)")
     parser.add_argument("--num-train", type=int, default=none,
@@ -105,6 +109,7 @@ def build(args: argparse.Namespace):
         epochs=pick(args.epochs, preset.epochs), iters=pick(args.iters, preset.iters),
         val_iters=pick(args.val_iters, preset.val_iters), no_mirroring=preset.no_mirroring,
         max_features=pick(args.max_features, preset.max_features), batch_size=pick(args.batch_size, preset.batch_size),
+        in_plane_spacing=pick(args.in_plane_spacing, preset.in_plane_spacing),
         phantom=phantom_spec(pick(args.num_train, preset.num_train), pick(args.num_test, preset.num_test))
         if phantom else None)
     if not phantom and (args.num_train is not None or args.num_test is not None):

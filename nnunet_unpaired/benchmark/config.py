@@ -49,12 +49,25 @@ class Preset:
     in_plane_spacing: float | None = None  # plan at this coarser in-plane spacing (mm); None: nnU-Net's
 
 
+#: the CPU default for nnU-Net's worker processes (benchmarks/cpu_throughput.py measured the settings on 2 cores,
+#: docs/benchmarks.md "CPU throughput")
+CPU_ENV = (("nnUNet_n_proc_DA", "2"), ("nnUNet_def_n_proc", "1"))
+
 PRESETS: dict[str, Preset] = {
     "cpu-small": Preset(
-        "cpu-small", "2D phantom, small network, short budget (10 x 40 iterations); each experiment in about an "
-        "hour or less on 2 CPU cores", configuration="2d", epochs=10, iters=40, val_iters=4, no_mirroring=True,
-        max_features=32, batch_size=8, env=(("nnUNet_n_proc_DA", "2"), ("nnUNet_def_n_proc", "1")),
-        predict_processes=(0, 0)),
+        "cpu-small", "2D phantom, small network, short budget (10 x 40 iterations), 20 test cases per modality; each "
+        "experiment in about an hour or less on 2 CPU cores", configuration="2d", epochs=10, iters=40, val_iters=4,
+        no_mirroring=True, max_features=32, batch_size=8, num_test=20, env=CPU_ENV, predict_processes=(0, 0)),
+    "cpu-real": Preset(
+        "cpu-real", "a real pair (e.g. ../shared/realdata's abdominal CT 951 + MR 952, --pair) on 2 CPU cores: 2D, "
+        "planned at 3.0 mm in-plane, features capped at 32, batch 8, 20 x 100 iterations (the budget chosen from "
+        "vanilla's learning curve on the real CT, docs/benchmarks.md)", configuration="2d", epochs=20, iters=100,
+        val_iters=4, no_mirroring=True, max_features=32, batch_size=8, env=CPU_ENV, predict_processes=(0, 0),
+        in_plane_spacing=3.0),
+    "gpu-real": Preset(
+        "gpu-real", "a real pair on one GPU: nnU-Net's own plans, network and batch size (2d, or -c 3d_fullres), "
+        "100 x 250 iterations, mirroring on", configuration="2d", epochs=100, iters=None, val_iters=None,
+        no_mirroring=False, max_features=None, batch_size=None),
     "full": Preset(
         "full", "nnU-Net's defaults (1000 epochs x 250 iterations, planned network and batch size), for a GPU",
         configuration="3d_fullres", epochs=None, iters=None, val_iters=None, no_mirroring=False, max_features=None,
