@@ -15,6 +15,7 @@ import torch
 
 from nnunet_unpaired.benchmark import harness, metrics, registry, steps, uda
 from nnunet_unpaired.benchmark.config import BenchmarkSpec, Dataset, ExperimentInput, RunOptions
+from nnunet_unpaired.benchmark.summary import summary_markdown
 from nnunet_unpaired.benchmark.uda import MethodNumbers, gap_closed, headline_markdown
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.training import budget
@@ -133,8 +134,9 @@ def experiment(tmp_path, monkeypatch):
     spec = BenchmarkSpec(datasets=(A_NAME, B_NAME), configuration="2d", epochs=2, iters=3, val_iters=1,
                          no_mirroring=True, max_features=8, batch_size=2)
 
-    def make(methods=("vanilla",) + ALL_UDA, directions=("a2b",), folds=("0",)):
-        options = RunOptions(output=tmp_path / "out", folds=tuple(folds), device="cpu", uda_directions=directions)
+    def make(methods=("vanilla",) + ALL_UDA, directions=("a2b",), folds=("0",), seeds=(None,)):
+        options = RunOptions(output=tmp_path / "out", folds=tuple(folds), device="cpu", uda_directions=directions,
+                             seeds=tuple(seeds))
         lines: list[str] = []
         inp = ExperimentInput(spec, options, tmp_path / "out" / "result", a, b,
                               [registry.get(m) for m in methods], "cpu", lines.append)
@@ -144,6 +146,29 @@ def experiment(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ the runs
+
+
+def test_every_seed_trains_every_method_in_its_own_folder_with_its_seed(experiment):
+    """--seeds: each seed trains every method (and stage 1) once, with nnUNet_unpaired_seed set, into its own model
+    folders; plan and splits are shared; the rows carry the seed, and a rerun trains nothing."""
+    inp, fake, _ = experiment(methods=("vanilla", "source-only", "glua"), seeds=(0, 1))
+    [summary] = uda.run_settings(inp)
+    trains = [(c[c.index("-tr") + 1], env.get("nnUNet_unpaired_seed"), env["nnUNet_results"])
+              for _, c, env in fake.calls if Path(c[0]).name == "nnUNetv2_train"]
+    assert [(t, s) for t, s, _ in trains] == [(trainer, seed) for seed in ("0", "1") for trainer in (
+        "nnUNetTrainerVanilla", "nnUNetTrainerSourceOnly", STYLE, "nnUNetTrainerGLUA")]
+    for _, seed, results in trains:
+        assert Path(results).parts[-3:] == (f"seed_{seed}", "nnunet", "nnUNet_results")
+    assert len([c for _, c, _ in fake.calls if "plan-pair" in c]) == 1
+    assert {str(r["seed"]) for r in summary["rows"]} == {"0", "1"}
+    assert {(str(c["method"]), str(c["seed"])) for c in summary["costs"]} == {
+        (m, s) for m in ("vanilla", "source-only", "glua") for s in ("0", "1")}
+    text = summary_markdown(inp.spec, inp.options, inp.result, "cpu", inp.a, inp.b, [summary])
+    assert "Seeds: 0, 1" in text and "Δ vs vanilla [95% interval]" in text and "Δ vs source-only" in text
+    assert "noise floor of vanilla on Dataset802_FakeMR: seed-to-seed std 0.000" in text
+    before = len(fake.calls)
+    uda.run_settings(inp)
+    assert len(fake.calls) == before
 
 
 def test_a2b_trains_in_order_stage_once_and_predicts_only_the_target(experiment):
