@@ -27,6 +27,7 @@ COMMANDS = {
     "translate": ("nnunet_unpaired.translate", "write target-like (style-transferred) source images as NIfTI + PNG"),
     "predict-missing": ("nnunet_unpaired.predict_missing",
                         "predict with a MAML model when some input channels are missing"),
+    "export": ("nnunet_unpaired.export", "write a model folder / zip that stock nnU-Net predicts with, no plugin"),
 }
 
 

@@ -44,7 +44,8 @@ from nnunet_unpaired.modules.modality_norm import PartnerNormParameters
 from nnunet_unpaired.pairing import label_differences, plans_differences, read_pairing, require_env
 from nnunet_unpaired.splits import check_fold_possible
 from nnunet_unpaired.training.budget import BudgetMixin
-from nnunet_unpaired.training.progress import plot_loss_terms
+from nnunet_unpaired.training.progress import (copy_training_log, partner_logging, partner_validation_values,
+                                               plot_loss_terms, write_partner_progress)
 
 CHECKPOINT_KEY = "nnunet_unpaired"
 
@@ -251,15 +252,20 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
             f"{k} {self.logger.get_value(f'train_{k}', step=-1):.4f}" for k in terms))
 
     def on_epoch_end(self):
+        logging = self.logger.local_logger.my_fantastic_logging
+        # B's own validation values, logged before nnU-Net's on_epoch_end saves this epoch's checkpoints
+        for key, value in partner_validation_values(self.__dict__.pop("_partner_val_outputs", []), logging).items():
+            self._log_epoch_value(key, value)
         super().on_epoch_end()  # nnU-Net's progress.png (and the epoch counter)
         if self.local_rank == 0:
-            plot_loss_terms(self.logger.local_logger.my_fantastic_logging,
-                            join(self.output_folder, "progress_terms.png"))
+            plot_loss_terms(logging, join(self.output_folder, "progress_terms.png"))
+            write_partner_progress(logging, self._partner["output_folder"])  # B's progress.png (B's curves)
 
     def validation_step(self, batch: dict) -> dict:
         result_a = super().validation_step(batch)
         with self.as_partner():
             result_b = super().validation_step(next(self.dataloader_val_partner))
+        self.__dict__.setdefault("_partner_val_outputs", []).append(result_b)  # B's own curves, see on_epoch_end
         return {"loss": (result_a["loss"] + result_b["loss"]) / 2,
                 **{k: result_a[k] + result_b[k] for k in ("tp_hard", "fp_hard", "fn_hard")}}
 
@@ -297,10 +303,16 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
             "inference_allowed_mirroring_axes": checkpoint["inference_allowed_mirroring_axes"],
             "current_epoch": checkpoint["current_epoch"],
             "_best_ema": checkpoint["_best_ema"],
-            "logging": checkpoint["logging"],
+            "logging": partner_logging(checkpoint["logging"]),  # nnU-Net's keys hold B's own values
             CHECKPOINT_KEY: {"exported_from": self.plans_manager.dataset_name},
         }
         atomic_torch_save(exported, join(self._partner["output_folder"], os.path.basename(filename)))
+        # the rest of a model folder as nnU-Net's tools expect it: debug.json (nnU-Net's writer, B's view) and the log
+        if os.path.basename(filename) == "checkpoint_final.pth" or not isfile(join(self._partner["output_folder"],
+                                                                                  "debug.json")):
+            with self.as_partner():
+                self._save_debug_information()
+        copy_training_log(self.log_file, self._partner["output_folder"])
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         checkpoint = filename_or_checkpoint
@@ -323,6 +335,7 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
         with self.as_partner():
             self.print_to_log_file(f"Final validation of {self.plans_manager.dataset_name} (B)")
             super().perform_actual_validation(save_probabilities)
+        copy_training_log(self.log_file, self._partner["output_folder"])
 
 
 class nnUNetTrainerUnpairedJointModalityNorm(nnUNetTrainerUnpairedJoint):
