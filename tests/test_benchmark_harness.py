@@ -261,12 +261,13 @@ def test_cli_reports_user_errors(capsys):
 
 @pytest.mark.slow
 def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
-    """Phantom, vanilla + joint, scarce-label B (2 cases): outputs hold the numbers; a rerun does no work."""
+    """Phantom, vanilla + joint, scarce-label B (2 cases), seed 0: outputs hold the numbers; a rerun does no work."""
     monkeypatch.setenv("nnUNet_compile", "false")
     spec = _spec()
-    options = RunOptions(output=tmp_path / "out", folds=("0",), methods=("vanilla", "joint"), scarce_b=(2,),
-                         full_label=False, device="cpu", date="2026-01-01",
-                         env=(("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1")),
+    options = RunOptions(output=tmp_path / "out", folds=("0",), seeds=(0,), methods=("vanilla", "joint"),
+                         scarce_b=(2,), full_label=False, device="cpu", date="2026-01-01",
+                         env=(("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1"),
+                              ("nnUNet_unpaired_skip_final_validation", "1")),
                          predict_processes=(0, 0), plan_processes=1)
     lines: list[str] = []
     result = harness.run_benchmark(spec, options, log=lines.append)
@@ -280,7 +281,8 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     assert [len(s["train"]) for s in splits_b] == [2] * 5 and [len(s["train"]) for s in splits_a] == [4] * 5
 
     # both methods train B on the 2 cases, A on all 4 of fold 0 (nnU-Net's own log lines)
-    logs = setting / "logs"
+    logs = setting / "seed_0" / "logs"
+    assert "nnUNet_unpaired_seed=0" in (logs / "train__joint__fold_0.log").read_text()
     assert "This split has 2 training" in (logs / "train__vanilla__Dataset902_PhantomMR__fold_0.log").read_text()
     joint_log = (logs / "train__joint__fold_0.log").read_text()
     assert "This split has 4 training" in joint_log and "This split has 2 training" in joint_log
@@ -305,8 +307,10 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     assert any(line.startswith("      epoch 1:") for line in lines)  # progress of nnU-Net's epochs
 
     csv_text = (setting / "report" / "results.csv").read_text()
-    steps = sorted(p.name for p in (setting / "steps").iterdir())
+    steps = sorted(p.name for p in (setting / "steps").iterdir()) + sorted(
+        p.name for p in (setting / "seed_0" / "steps").iterdir())
     assert len(steps) == 2 + 3 + 4 + 4  # plan, splits; 3 trainings; predict and evaluate per method and modality
+    assert "## Paired differences with 95% intervals" in summary and "Δ vs vanilla [95% interval]" in summary
     lines.clear()
     harness.run_benchmark(spec, options, log=lines.append)
     assert not [line for line in lines if line.startswith("[start]")], lines

@@ -3,7 +3,7 @@ the cpu-real preset's in-plane spacing, a short joint training, and the stock nn
 whose prediction must have the input's geometry. Skipped when ../shared/realdata is absent (a user's clone).
 
 To stay within the suite's budget the datasets are subsets: a temporary nnUNet_raw holds dataset folders of the same
-names whose files are LINKS to the three smallest training cases of each modality and one MR test case (the real
+names whose files are LINKS to the two smallest training cases of each modality and one MR test case (the real
 files are never copied or written)."""
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ def real_subset(tmp_path_factory):
         pytest.skip(f"the real abdominal pair is not at {REALDATA} (it sits in ../shared beside a CI checkout)")
     root = tmp_path_factory.mktemp("realdata")
     env = nnunet_env(root, {"nnUNet_unpaired_epochs": "1", "nnUNet_unpaired_iters": "2",
-                            "nnUNet_unpaired_val_iters": "1", "nnUNet_n_proc_DA": "0"})
+                            "nnUNet_unpaired_val_iters": "1", "nnUNet_n_proc_DA": "0",
+                            "nnUNet_unpaired_skip_final_validation": "1"})
     raw = root / "nnUNet_raw"
     for name in (CT, MR):
         source = REALDATA / name
         folder = raw / name
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (folder / sub).mkdir(parents=True)
-        labels = sorted((source / "labelsTr").iterdir(), key=lambda p: p.stat().st_size)[:3]
+        labels = sorted((source / "labelsTr").iterdir(), key=lambda p: p.stat().st_size)[:2]
         for label in labels:
             case = label.name[: -len(".nii.gz")]
             (folder / "labelsTr" / label.name).symlink_to(label)

@@ -10,6 +10,9 @@ benchmark baseline) reads these variables; when none is set, nnU-Net's defaults 
 - ``nnUNet_unpaired_no_mirroring=1``: no mirroring augmentation and no mirroring at test time
 - ``nnUNet_unpaired_timing_file=PATH``: time every training iteration and write, when training ends, a JSON file
   with the per-iteration seconds and the peak memory (used by the benchmark's cost table; see :data:`ENV_TIMING`)
+- ``nnUNet_unpaired_skip_final_validation=1``: no final validation on the fold's validation cases after training (the
+  benchmark scores the held-out test cases instead; tests); the model folder then has no ``validation/`` summary, so
+  ``nnUNetv2_find_best_configuration`` cannot use it (rerun with ``nnUNetv2_train ... --val`` to add it)
 - ``nnUNet_unpaired_snapshot_every=N``: also save ``checkpoint_epoch_<e>.pth`` after every N-th epoch (e = epochs
   done), for learning curves (``nnUNetv2_predict -chk checkpoint_epoch_<e>.pth``)
 - ``nnUNet_unpaired_seed=N``: seeded training; seeds weight initialisation, case sampling and augmentation in the main
@@ -31,6 +34,7 @@ ENV_ITERS = "nnUNet_unpaired_iters"
 ENV_VAL_ITERS = "nnUNet_unpaired_val_iters"
 ENV_NO_MIRRORING = "nnUNet_unpaired_no_mirroring"
 ENV_SNAPSHOT_EVERY = "nnUNet_unpaired_snapshot_every"
+ENV_SKIP_VALIDATION = "nnUNet_unpaired_skip_final_validation"
 #: When set, every training iteration is timed and written to this JSON file at the end of training, with keys
 #: ``iteration_seconds`` (one value per iteration: wall time from the end of the previous training step, or from the
 #: start of the epoch, to the end of this one, so data loading, forward, backward and optimizer step all count; on
@@ -61,8 +65,12 @@ def budget_from_env() -> Dict[str, int]:
     return {attr: n for env, attr in _ATTRIBUTES.items() if (n := _positive_int(env)) is not None}
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes")
+
+
 def mirroring_disabled() -> bool:
-    return os.environ.get(ENV_NO_MIRRORING, "0").strip().lower() in ("1", "true", "yes")
+    return _flag(ENV_NO_MIRRORING)
 
 
 def _peak_memory(device) -> Dict[str, object]:
@@ -159,6 +167,13 @@ class BudgetMixin:
         if getattr(self, "_timing_file", None):
             self._timing_sync()
             self._timing_last = time.perf_counter()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if _flag(ENV_SKIP_VALIDATION):
+            self.print_to_log_file(f"nnunet_unpaired: final validation skipped ({ENV_SKIP_VALIDATION}=1)",
+                                   also_print_to_console=True)
+            return
+        super().perform_actual_validation(save_probabilities)
 
     def on_epoch_end(self):
         super().on_epoch_end()  # nnU-Net's: checkpoint_latest, progress.png, then current_epoch += 1

@@ -1,0 +1,54 @@
+"""BudgetMixin's switches that need no training to test: skipping the final validation, snapshots' file names."""
+
+from __future__ import annotations
+
+from nnunet_unpaired.training import budget
+
+
+class _Base:
+    """Stands in for nnUNetTrainer: records what the mixin passes on."""
+
+    def __init__(self):
+        self.validated, self.saved, self.logged, self.current_epoch = [], [], [], 0
+        self.local_rank, self.output_folder = 0, "/out"
+
+    def perform_actual_validation(self, save_probabilities=False):
+        self.validated.append(save_probabilities)
+
+    def on_epoch_end(self):
+        self.current_epoch += 1
+
+    def save_checkpoint(self, filename):
+        self.saved.append(filename)
+
+    def print_to_log_file(self, *args, **kwargs):
+        self.logged.append(" ".join(map(str, args)))
+
+
+class _Trainer(budget.BudgetMixin, _Base):
+    def __init__(self):  # the mixin's own __init__ needs nnU-Net's arguments; not what is tested here
+        _Base.__init__(self)
+
+
+def test_final_validation_runs_unless_skipped(monkeypatch):
+    trainer = _Trainer()
+    monkeypatch.delenv(budget.ENV_SKIP_VALIDATION, raising=False)
+    trainer.perform_actual_validation(True)
+    assert trainer.validated == [True]
+    monkeypatch.setenv(budget.ENV_SKIP_VALIDATION, "1")
+    trainer.perform_actual_validation(True)
+    assert trainer.validated == [True] and "final validation skipped" in trainer.logged[-1]
+    monkeypatch.setenv(budget.ENV_SKIP_VALIDATION, "0")
+    trainer.perform_actual_validation(False)
+    assert trainer.validated == [True, False]
+
+
+def test_snapshots_every_n_epochs_named_by_epochs_done(monkeypatch):
+    trainer = _Trainer()
+    monkeypatch.setenv(budget.ENV_SNAPSHOT_EVERY, "2")
+    for _ in range(5):
+        trainer.on_epoch_end()
+    assert trainer.saved == ["/out/checkpoint_epoch_2.pth", "/out/checkpoint_epoch_4.pth"]
+    monkeypatch.delenv(budget.ENV_SNAPSHOT_EVERY)
+    trainer.on_epoch_end()
+    assert len(trainer.saved) == 2
