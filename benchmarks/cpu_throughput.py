@@ -37,17 +37,14 @@ def measure(args) -> dict:
     folder = Path(args.preprocessed) / args.dataset
     plans, dataset_json = load_json(folder / f"{args.plans}.json"), load_json(folder / "dataset.json")
     plans["continue_training"] = False  # what nnU-Net's run_training puts into the plans (2.8)
+    torch.set_num_threads(os.cpu_count())  # what nnU-Net's run_training does on the CPU
     trainer = nnUNetTrainerVanilla(plans, args.configuration, 0, dataset_json, torch.device("cpu"))
-    trainer.on_train_start()
-    threads = int(os.environ["THROUGHPUT_TORCH_THREADS"])
+    trainer.on_train_start()  # with nnUNet_unpaired_torch_threads: that many threads before every train_step
     seconds = []
     try:
         trainer.on_epoch_start()
         trainer.on_train_epoch_start()
         for i in range(args.warmup + args.iters):
-            # nnU-Net's run_training sets torch to all cores; batchgeneratorsv2's transforms set 1 thread in the
-            # process they run in (the main process when nnUNet_n_proc_DA=0): set it before every step
-            torch.set_num_threads(threads)
             start = time.perf_counter()
             trainer.train_step(next(trainer.dataloader_train))
             if i >= args.warmup:
@@ -91,7 +88,7 @@ def main(argv=None) -> int:
         order = SETTINGS[round_index % len(SETTINGS):] + SETTINGS[:round_index % len(SETTINGS)]
         for setting in order:
             env = dict(os.environ, nnUNet_n_proc_DA=str(setting["workers"]), OMP_WAIT_POLICY=setting["wait"],
-                       THROUGHPUT_TORCH_THREADS=str(setting["threads"]), nnUNet_compile="false",
+                       nnUNet_unpaired_torch_threads=str(setting["threads"]), nnUNet_compile="false",
                        nnUNet_preprocessed=str(args.preprocessed), nnUNet_unpaired_no_mirroring="1",
                        nnUNet_unpaired_seed="0", nnUNet_results=str(out / "nnUNet_results"),
                        nnUNet_raw=str(out / "nnUNet_raw"))

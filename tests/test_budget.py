@@ -1,6 +1,8 @@
-"""BudgetMixin's switches that need no training to test: skipping the final validation, snapshots' file names."""
+"""BudgetMixin's switches that need no training to test: final validation, snapshots, torch threads."""
 
 from __future__ import annotations
+
+import pytest
 
 from nnunet_unpaired.training import budget
 
@@ -52,3 +54,25 @@ def test_snapshots_every_n_epochs_named_by_epochs_done(monkeypatch):
     monkeypatch.delenv(budget.ENV_SNAPSHOT_EVERY)
     trainer.on_epoch_end()
     assert len(trainer.saved) == 2
+
+
+def test_torch_threads_are_set_before_every_training_step(monkeypatch):
+    import torch
+
+    trainer = _Trainer()
+    seen = []
+    trainer.train_step = lambda batch: seen.append((batch, torch.get_num_threads()))
+    monkeypatch.setenv(budget.ENV_TORCH_THREADS, "1")
+    before = torch.get_num_threads()
+    try:
+        trainer._fix_torch_threads()
+        torch.set_num_threads(2)  # what a transform or nnU-Net may do between steps
+        trainer.train_step("b1")
+        torch.set_num_threads(2)
+        trainer.train_step("b2")
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [("b1", 1), ("b2", 1)] and "1 torch thread(s)" in trainer.logged[-1]
+    monkeypatch.setenv(budget.ENV_TORCH_THREADS, "0")
+    with pytest.raises(ValueError, match="nnUNet_unpaired_torch_threads"):
+        trainer._fix_torch_threads()

@@ -13,6 +13,9 @@ benchmark baseline) reads these variables; when none is set, nnU-Net's defaults 
 - ``nnUNet_unpaired_skip_final_validation=1``: no final validation on the fold's validation cases after training (the
   benchmark scores the held-out test cases instead; tests); the model folder then has no ``validation/`` summary, so
   ``nnUNetv2_find_best_configuration`` cannot use it (rerun with ``nnUNetv2_train ... --val`` to add it)
+- ``nnUNet_unpaired_torch_threads=N``: torch's intra-op threads in the training process, set before every training
+  step (nnU-Net sets all cores at start, and batchgeneratorsv2's transforms set 1 in the process that runs them, which
+  is the training process itself when ``nnUNet_n_proc_DA=0``); unset: nnU-Net's behaviour
 - ``nnUNet_unpaired_snapshot_every=N``: also save ``checkpoint_epoch_<e>.pth`` after every N-th epoch (e = epochs
   done), for learning curves (``nnUNetv2_predict -chk checkpoint_epoch_<e>.pth``)
 - ``nnUNet_unpaired_seed=N``: seeded training; seeds weight initialisation, case sampling and augmentation in the main
@@ -35,6 +38,7 @@ ENV_VAL_ITERS = "nnUNet_unpaired_val_iters"
 ENV_NO_MIRRORING = "nnUNet_unpaired_no_mirroring"
 ENV_SNAPSHOT_EVERY = "nnUNet_unpaired_snapshot_every"
 ENV_SKIP_VALIDATION = "nnUNet_unpaired_skip_final_validation"
+ENV_TORCH_THREADS = "nnUNet_unpaired_torch_threads"
 #: When set, every training iteration is timed and written to this JSON file at the end of training, with keys
 #: ``iteration_seconds`` (one value per iteration: wall time from the end of the previous training step, or from the
 #: start of the epoch, to the end of this one, so data loading, forward, backward and optimizer step all count; on
@@ -124,7 +128,24 @@ class BudgetMixin:
         super().on_train_start()  # builds every data loader (get_dataloaders of the most derived trainer)
         if self.seed is not None:
             self._seed_augmentation_workers()
+        self._fix_torch_threads()
         self._start_timing()
+
+    def _fix_torch_threads(self) -> None:
+        threads = _positive_int(ENV_TORCH_THREADS)
+        if threads is None:
+            return
+        import torch
+
+        self.print_to_log_file(f"nnunet_unpaired: {threads} torch thread(s) in every training step "
+                               f"({ENV_TORCH_THREADS})", also_print_to_console=True)
+        unset = self.train_step  # an instance attribute wraps the most derived train_step (see _start_timing)
+
+        def train_step_with_threads(batch):
+            torch.set_num_threads(threads)
+            return unset(batch)
+
+        self.train_step = train_step_with_threads
 
     def _seed_augmentation_workers(self) -> None:
         """Replace each non-deterministic augmenter the trainer holds (A's and the partner's, training, validation
