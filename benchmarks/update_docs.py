@@ -19,7 +19,7 @@ from pathlib import Path
 SECTIONS = {"": ("cpu-small", "run_cpu_small.sh"), "uda": ("cpu-small uda", "run_cpu_small_uda.sh"),
             "semi": ("cpu-small semi", "run_cpu_small_semi.sh"),
             "multichannel": ("cpu-small multichannel", "run_cpu_small_multichannel.sh"),
-            "real": ("cpu-real", "run_cpu_real.sh")}
+            "real": ("cpu-real", "run_real.sh")}
 
 
 def markers(name: str = "") -> tuple[str, str]:
