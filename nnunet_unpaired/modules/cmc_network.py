@@ -141,8 +141,17 @@ class CMCNetwork(nn.Module):
     def _decode(self, skips: Sequence[torch.Tensor], bottleneck: torch.Tensor) -> Output:
         return self.decoder([*skips[:-1], bottleneck])
 
-    def forward(self, x: torch.Tensor) -> Output:
-        """Single-modality prediction (the deployed network): the fusion sees this modality only."""
+    def forward(self, x: torch.Tensor, x_b: Optional[torch.Tensor] = None, head_b: Optional[nn.Module] = None,
+                self_fusion_mask: Optional[torch.Tensor] = None) -> Union[Output, PairOutput]:
+        """Single-modality prediction (the deployed network): the fusion sees this modality only.
+
+        With ``x_b`` and ``head_b``: :meth:`forward_pair` (training), so that a trainer's pair forward runs through
+        the same (compiled) module call as nnU-Net's single-input forward.
+        """
+        if x_b is not None or head_b is not None:
+            if x_b is None or head_b is None:
+                raise ValueError("a pair forward needs both x_b and head_b")
+            return self.forward_pair(x, x_b, head_b, self_fusion_mask)
         if self.single_input_fusion not in SINGLE_INPUT_MODES:
             raise ValueError(f"single_input_fusion must be one of {SINGLE_INPUT_MODES}, got "
                              f"{self.single_input_fusion!r}")
@@ -173,7 +182,7 @@ class CMCNetwork(nn.Module):
         raw_a, raw_b = skips_a[-1], skips_b[-1]
         att_a, att_b = self.channel_attention(raw_a), self.channel_attention(raw_b)
         fused_a = fused_b = self.fusion(att_a, att_b)
-        if self_fusion_mask is not None and bool(self_fusion_mask.any()):
+        if self_fusion_mask is not None:  # no data-dependent branch (bool(mask.any())): torch.compile would break
             if self_fusion_mask.shape != (x_a.shape[0],):
                 raise ValueError(f"self_fusion_mask must have shape ({x_a.shape[0]},), got "
                                  f"{tuple(self_fusion_mask.shape)}")

@@ -13,12 +13,13 @@ available to us):
   locations of each sample (detached). ``gamma = 0`` gives the plain, unmasked alignment; a larger ``gamma`` puts
   more of the alignment on the locations that look least like source.
 - :class:`DecoderFeatureTap`: reads one decoder stage's output from nnU-Net's network with a forward hook, without
-  changing the network (so ``network_weights`` stays nnU-Net's plain state dict).
+  changing the network (so ``network_weights`` stays nnU-Net's plain state dict); attached once before the first
+  forward (:meth:`DecoderFeatureTap.attached`), it also reads a torch.compile'd network.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
@@ -91,7 +92,19 @@ def gap_mask(target_logits: torch.Tensor, gamma: float = 1.0, eps: float = 1e-6)
 class DecoderFeatureTap:
     """Captures the output of ``network.decoder.stages[stage]`` at every forward pass.
 
-    Use as a context manager around forward passes, then read :attr:`features` (one tensor per pass, in order)::
+    Two ways to use it. Attached for good (:meth:`attached`), before the network's first forward, and read with
+    :meth:`take` after each forward; this works in a torch.compile'd network too::
+
+        tap = DecoderFeatureTap.attached(network, -1)   # e.g. in the trainer's initialize()
+        out = network(x)
+        feats = tap.take()                              # this pass's features (raises when the hook did not run)
+
+    torch.compile traces the hooks that exist at a module's first compiled call: a hook registered later never runs
+    in the compiled graph (it captured nothing, silently, before :meth:`take` checked). The hook only stores the
+    latest output in an attribute, so the compiled graph is the same for every call (no recompilation).
+
+    Or as a context manager around eager forward passes (the hook exists inside the block only), then read
+    :attr:`features` (one tensor per pass, in order)::
 
         with DecoderFeatureTap(network, -1) as tap:
             out = network(x)
@@ -116,17 +129,59 @@ class DecoderFeatureTap:
         if not -len(stages) <= stage < len(stages):
             raise ValueError(f"decoder stage {stage} does not exist (the decoder has {len(stages)} stages)")
         self.module = stages[stage]
+        self.stage = stage
         self.features: List[torch.Tensor] = []
+        self._collect = False
+        self._latest: Optional[torch.Tensor] = None
         self._handle = None
+        self._attached = False
+
+    @classmethod
+    def attached(cls, network: nn.Module, stage: int = -1) -> "DecoderFeatureTap":
+        """A tap whose hook stays registered until :meth:`remove`; read it with :meth:`take`."""
+        tap = cls(network, stage)
+        tap._handle = tap.module.register_forward_hook(tap._hook)
+        tap._attached = True
+        return tap
+
+    def _hook(self, _module, _inputs, output) -> None:
+        self._latest = output
+        if self._collect:
+            self.features.append(output)
+
+    def take(self) -> torch.Tensor:
+        """The stage's output of the last forward pass since the previous :meth:`take` (then forgotten).
+
+        Raises:
+            RuntimeError: when no forward pass reached the hook, e.g. because it was attached after the network's
+                first compiled forward.
+        """
+        latest, self._latest = self._latest, None
+        if latest is None:
+            raise RuntimeError(f"the feature tap on decoder stage {self.stage} saw no forward pass since the last "
+                               f"take(); attach it (DecoderFeatureTap.attached) before the network's first forward: "
+                               f"a torch.compile'd network never runs hooks registered after its first call")
+        return latest
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        self._attached = False
 
     def __enter__(self) -> "DecoderFeatureTap":
         self.features = []
-        self._handle = self.module.register_forward_hook(lambda _m, _i, out: self.features.append(out))
+        self._collect = True
+        if not self._attached:
+            self._handle = self.module.register_forward_hook(self._hook)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
-        self._handle = None
+        self._collect = False
+        self._latest = None
+        if not self._attached:
+            self._handle.remove()
+            self._handle = None
 
     @staticmethod
     def channels(network: nn.Module, stage: int = -1) -> int:

@@ -25,7 +25,11 @@ Deviations from the paper / public code (documented in docs/maml.md):
   ones; with a single available modality the network returns that peer's own prediction.
 - Modality dropout during training (attribute ``modality_dropout``: 0 here, 0.5 as set by ``nnUNetTrainerMAML``): with
   that probability a step fuses a random subset (at least two, not all) of the modalities, so that the fusion also
-  learns to work on subsets. The peers are trained on every step regardless.
+  learns to work on subsets. The peers are trained on every step regardless. The subset enters the fusion as a 0/1
+  weight per modality (the buffer ``fusion_mask``), so the computation is the same for every subset: with
+  ``fusion_mask_drawn_outside`` set, as ``nnUNetTrainerMAML`` does, the subset is drawn by
+  :meth:`MAMLNetwork.draw_fusion_mask` before the step, outside the forward, and a compiled network runs one graph
+  for all subsets (drawing inside the forward, the default, makes torch.compile specialise on each subset).
 - The peers use the plan's architecture class and hyper-parameters (normalization, kernel sizes, strides), scaled.
 """
 
@@ -80,7 +84,11 @@ class MAMLNetwork(nn.Module):
         available_modalities: tuple of the input channels to use, ``None`` for all. Missing channels may hold
             anything (e.g. zeros): their peers do not run.
         modality_dropout: probability, in training mode, of fusing a random subset of the modalities.
+        fusion_mask_drawn_outside: ``False`` (default): each training forward draws its subset itself. ``True``: the
+            forward uses ``fusion_mask`` as it is; call :meth:`draw_fusion_mask` before each training step.
         keep_peer_outputs: store the peers' outputs of the last ``forward`` in ``peer_outputs``.
+
+    Buffer (not in the state dict): ``fusion_mask``, the (M,) 0/1 weights of the modalities fused in training.
     """
 
     def __init__(self, peers: Sequence[nn.Module], num_classes: int, deep_supervision: bool = True,
@@ -104,6 +112,8 @@ class MAMLNetwork(nn.Module):
         self.head = encoder.conv_op(channels, num_classes, 1, 1, 0, bias=True)
         self.deep_supervision = deep_supervision
         self.modality_dropout = 0.0
+        self.fusion_mask_drawn_outside = False
+        self.register_buffer("fusion_mask", torch.ones(self.num_modalities), persistent=False)
         self.keep_peer_outputs = False
         self.peer_outputs: Optional[List[Output]] = None
         self._available: Optional[Tuple[int, ...]] = None
@@ -152,13 +162,30 @@ class MAMLNetwork(nn.Module):
                 outputs.append(decoder.seg_layers[s](below))
         return below, outputs[::-1]
 
-    def _fusion_set(self, available: Tuple[int, ...]) -> Tuple[int, ...]:
-        if not (self.training and self.modality_dropout > 0 and len(available) > 2):
-            return available
-        if random.random() >= self.modality_dropout:
+    def _dropout_active(self, available: Tuple[int, ...]) -> bool:
+        return self.training and self.modality_dropout > 0 and len(available) > 2
+
+    def draw_fusion_set(self) -> Tuple[int, ...]:
+        """The modalities a training step fuses: with probability ``modality_dropout`` a random subset (at least two,
+        not all) of the available ones, else all of them (Python's ``random``)."""
+        available = self.available_modalities
+        if not self._dropout_active(available) or random.random() >= self.modality_dropout:
             return available
         size = random.randint(2, len(available) - 1)
         return tuple(sorted(random.sample(available, size)))
+
+    def _mask_of(self, fuse: Sequence[int]) -> torch.Tensor:
+        mask = torch.zeros(self.num_modalities, device=self.fusion_mask.device)
+        mask[list(fuse)] = 1.0
+        return mask
+
+    @torch.no_grad()
+    def draw_fusion_mask(self) -> Tuple[int, ...]:
+        """Draw the next training step's fusion set into ``fusion_mask`` (in place; call it outside the forward, i.e.
+        outside a compiled graph) and return it."""
+        fuse = self.draw_fusion_set()
+        self.fusion_mask.copy_(self._mask_of(fuse))
+        return fuse
 
     def forward_with_peers(self, x: torch.Tensor) -> Tuple[Output, List[Output]]:
         """Fused output and the outputs of the peers that ran (in the order of ``available_modalities``).
@@ -172,14 +199,22 @@ class MAMLNetwork(nn.Module):
         features, outputs = {}, {}
         for i in available:
             features[i], outputs[i] = self._run_peer(i, x[:, i:i + 1])
-        fuse = self._fusion_set(available)
-        if len(fuse) == 1:
-            fused = list(outputs[fuse[0]])
-        else:
-            attended = self.attention([features.get(i) if i in fuse else None for i in range(self.num_modalities)])
+        if self._dropout_active(available):
+            # modality dropout as 0/1 weights: the same computation whichever subset was drawn
+            mask = self.fusion_mask if self.fusion_mask_drawn_outside else self._mask_of(self.draw_fusion_set())
+            attended = self.attention([features.get(i) for i in range(self.num_modalities)], weights=mask)
             fused = [self.head(attended)]
             for level in range(1, len(outputs[available[0]])):
-                fused.append(torch.stack([outputs[i][level] for i in fuse]).mean(0))
+                level_outputs = [outputs[i][level] for i in available]
+                weights = mask[list(available)].to(level_outputs[0].dtype)
+                fused.append(sum(w * o for w, o in zip(weights, level_outputs)) / weights.sum())
+        elif len(available) == 1:
+            fused = list(outputs[available[0]])
+        else:
+            attended = self.attention([features.get(i) for i in range(self.num_modalities)])
+            fused = [self.head(attended)]
+            for level in range(1, len(outputs[available[0]])):
+                fused.append(torch.stack([outputs[i][level] for i in available]).mean(0))
         peers = [outputs[i] if self.deep_supervision else outputs[i][0] for i in available]
         return (fused if self.deep_supervision else fused[0]), peers
 

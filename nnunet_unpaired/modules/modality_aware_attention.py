@@ -73,13 +73,18 @@ class ModalityAwareAttention(nn.Module):
             branches.append(nn.Sequential(*layers))
         self.attention = nn.ModuleList(branches)
 
-    def forward(self, features: Sequence[Optional[torch.Tensor]], return_attention: bool = False
+    def forward(self, features: Sequence[Optional[torch.Tensor]], return_attention: bool = False,
+                weights: Optional[torch.Tensor] = None
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[int, torch.Tensor]]]:
         """Fuse the available modalities.
 
         Args:
             features: M tensors of shape (B, C, *spatial), ``None`` for a missing modality (at least one present).
             return_attention: also return the attention maps {modality index: A_i}, each shaped like F_i.
+            weights: optional (M,) tensor of 0/1 weights: the result equals passing ``None`` for the modalities of
+                weight 0 (zero weight where a feature map is ``None``), but the computation is the same for every
+                choice of weights, so a compiled network draws a modality subset without recompiling (each
+                modality's attention branch runs; a weight of 0 removes its contribution and its gradients).
 
         Returns:
             mean over available i of A_i * F_i, shape (B, C, *spatial); with ``return_attention`` a tuple
@@ -96,6 +101,10 @@ class ModalityAwareAttention(nn.Module):
             if features[i].shape != reference.shape or features[i].shape[1] != self.channels:
                 raise ValueError(f"feature map {i} has shape {tuple(features[i].shape)}; expected "
                                  f"{tuple(reference.shape)} with {self.channels} channels")
+        if weights is not None:
+            if weights.shape != (self.num_modalities,):
+                raise ValueError(f"weights must have shape ({self.num_modalities},), got {tuple(weights.shape)}")
+            return self._forward_weighted(features, available, weights.to(reference.dtype), return_attention)
         scale = self.num_modalities / len(available)
         stacked = torch.cat([f * scale if f is not None else torch.zeros_like(reference) for f in features], dim=1)
         fused = self.fusion(stacked)
@@ -107,4 +116,23 @@ class ModalityAwareAttention(nn.Module):
             weighted = attention * features[i]
             output = weighted if output is None else output + weighted
         output = output / len(available)
+        return (output, maps) if return_attention else output
+
+    def _forward_weighted(self, features: Sequence[Optional[torch.Tensor]], available: List[int],
+                          weights: torch.Tensor, return_attention: bool):
+        """``forward`` with 0/1 modality weights as a tensor (one graph for every subset)."""
+        reference = features[available[0]]
+        count = weights.sum()
+        scale = self.num_modalities / count
+        stacked = torch.cat([f * (weights[i] * scale) if f is not None else torch.zeros_like(reference)
+                             for i, f in enumerate(features)], dim=1)
+        fused = self.fusion(stacked)
+        maps: Dict[int, torch.Tensor] = {}
+        output = None
+        for i in available:
+            attention = torch.sigmoid(self.attention[i](torch.cat((features[i], fused), dim=1)))
+            maps[i] = attention
+            weighted = weights[i] * attention * features[i]
+            output = weighted if output is None else output + weighted
+        output = output / count
         return (output, maps) if return_attention else output

@@ -297,17 +297,19 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
             self._unlabelled_pair = None
 
     def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
-        network, head_b = self.cmc_network(), self.partner_head
+        head_b = self.partner_head
         mask = None
         if self.self_fusion_prob > 0:
             mask = torch.rand(data_a.shape[0], device=data_a.device) < self.self_fusion_prob
-        labelled = network.forward_pair(data_a, data_b, head_b, mask)
+        # through self.network, nnU-Net's (compiled, where nnU-Net compiles) module: its forward takes the pair too
+        labelled = self.network(data_a, data_b, head_b, mask)
         terms = {"seg_A": self.loss(labelled.output_a, target_a), "seg_B": self.loss(labelled.output_b, target_b)}
         total = terms["seg_A"] + terms["seg_B"]
         if self.uses_unlabelled:
             if self._unlabelled_pair is None:
                 raise RuntimeError("compute_losses needs the unlabelled batches that train_step draws")
-            unlabelled = network.forward_pair(*self._unlabelled_pair, head_b)
+            # an all-False self-fusion mask (none where the labelled pair has none): the labelled pair's graph again
+            unlabelled = self.network(*self._unlabelled_pair, head_b, None if mask is None else torch.zeros_like(mask))
             w_csc, w_cac = self.consistency_weights(self.current_epoch)
             csc = self.csc_loss(unlabelled.bottleneck_a, unlabelled.bottleneck_b)
             cac = self.cac_loss(torch.softmax(_highest_resolution(unlabelled.output_a).float(), 1),

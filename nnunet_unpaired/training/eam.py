@@ -5,7 +5,8 @@ Consistency", MIDL 2023 (arXiv 2206.10571). The module and losses are in
 :mod:`nnunet_unpaired.modules.external_attention` and :mod:`nnunet_unpaired.losses.semantic_consistency` (our
 formulation; the paper's formulas were not available). This trainer only wires them into the joint trainer:
 
-- forward hooks read the output of the chosen decoder stage(s) for the batch of A and the batch of B;
+- forward hooks (:class:`~nnunet_unpaired.modules.local_alignment.DecoderFeatureTap`) read the output of the chosen
+  decoder stage(s) for the batch of A and the batch of B;
 - one EAM per stage (a training-only module: optimized with the network, saved under the checkpoint's
   ``nnunet_unpaired`` key, never in ``network_weights``) turns each into attention logits + class representations;
 - loss = seg_A + seg_B + w(t) * (w_att L_att + w_sem L_sem + w_str L_str), averaged over stages, with the warm-up
@@ -24,12 +25,14 @@ attribute              environment variable                 default  meaning
 =====================  ===================================  =======  ==============================================
 
 The deployed model is nnU-Net's plain network (the hooks only observe): inference costs what vanilla nnU-Net costs.
+Training runs through nnU-Net's compiled network where nnU-Net compiles (CUDA): the hooks are registered before its
+first forward, so torch.compile traces them (tests/test_compiled_step.py).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -37,6 +40,7 @@ from torch import nn
 from nnunet_unpaired.losses.ramps import warmup_ramp
 from nnunet_unpaired.losses.semantic_consistency import EAMLoss
 from nnunet_unpaired.modules.external_attention import ExternalAttentionModule
+from nnunet_unpaired.modules.local_alignment import DecoderFeatureTap
 from nnunet_unpaired.training.unpaired_joint import nnUNetTrainerUnpairedJoint
 
 
@@ -66,13 +70,10 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         if len(self.eam_weights) != 3:
             raise ValueError(f"EAM weights need three values (w_att, w_sem, w_str), got {self.eam_weights}")
         self.eam_loss = EAMLoss(*self.eam_weights, ignore_index=self.label_manager.ignore_label)
-        self._captured: List[torch.Tensor] = []
-        self._capturing = False
+        self._taps: List[DecoderFeatureTap] = []
+        self._features_a: Optional[List[torch.Tensor]] = None
         self.print_to_log_file(f"EAM: decoder stages {self.eam_stages}, width {self.eam_dim}, weights "
                                f"(att, sem, str) {self.eam_weights}, warm-up over {self.warmup_fraction:.0%} of epochs")
-
-    def _do_i_compile(self):
-        return False  # the decoder-stage hooks must see every forward pass; torch.compile may skip them
 
     def _decoder_stages(self) -> List[nn.Module]:
         stages = self._plain_network().decoder.stages
@@ -91,7 +92,9 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         for stage_index, stage in zip(self.eam_stages, self._decoder_stages()):
             channels = self._stage_channels(stage)
             modules[f"eam_stage{stage_index}"] = ExternalAttentionModule(channels, num_classes, self.eam_dim, dim)
-            stage.register_forward_hook(self._capture_hook)
+        # attached here, in initialize(), before the network's first forward: torch.compile traces the hooks that
+        # exist at its first call (a hook added after it would never run in the compiled network)
+        self._taps = [DecoderFeatureTap.attached(self._plain_network(), s) for s in self.eam_stages]
         return modules
 
     @staticmethod
@@ -99,29 +102,29 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         convs = [m for m in stage.modules() if isinstance(m, nn.modules.conv._ConvNd)]
         return convs[-1].out_channels
 
-    def _capture_hook(self, module, inputs, output):
-        if self._capturing:
-            self._captured.append(output)
+    def forward_partner(self, data: torch.Tensor):
+        # the base's compute_losses runs A's forward, then this one: A's decoder features are the taps' latest now
+        self._features_a = [tap.take() for tap in self._taps]
+        return super().forward_partner(data)
 
     def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
-        self._captured = []
-        self._capturing = True
         try:
             return super().compute_losses(data_a, target_a, data_b, target_b)
         finally:
-            self._capturing = False
-            self._captured = []
+            self._features_a = None
 
     def alignment_losses(self, output_a, target_a, output_b, target_b) -> Dict[str, torch.Tensor]:
         n = len(self.eam_stages)
-        if len(self._captured) != 2 * n:
-            raise RuntimeError(f"EAM expected {2 * n} captured decoder outputs (A then B), got {len(self._captured)}")
+        if self._features_a is None:
+            raise RuntimeError("EAM's alignment losses need the decoder features of A's forward (taken in "
+                               "forward_partner); call compute_losses")
+        features_a, features_b = self._features_a, [tap.take() for tap in self._taps]
         labels_a = target_a[0] if isinstance(target_a, (list, tuple)) else target_a
         labels_b = target_b[0] if isinstance(target_b, (list, tuple)) else target_b
         sums = {"attention": 0.0, "semantic": 0.0, "structured": 0.0, "total": 0.0}
         for i, stage_index in enumerate(self.eam_stages):
             module = self.training_modules[f"eam_stage{stage_index}"]
-            terms = self.eam_loss(module(self._captured[i]), labels_a, module(self._captured[n + i]), labels_b)
+            terms = self.eam_loss(module(features_a[i]), labels_a, module(features_b[i]), labels_b)
             sums = {k: sums[k] + terms[k] / n for k in sums}
         ramp = warmup_ramp(self.current_epoch, self.warmup_fraction * self.num_epochs)
         weights = dict(zip(("attention", "semantic", "structured"), self.eam_weights))

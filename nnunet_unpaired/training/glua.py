@@ -101,6 +101,7 @@ class nnUNetTrainerGLUA(nnUNetTrainerSourceOnly):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._style_config: Optional[StyleConfig] = None  # from a checkpoint being resumed (before_loading_checkpoint)
         self._features: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._tap: Optional[DecoderFeatureTap] = None  # the decoder-feature hook (local_input "features")
         self.feature_gan = AdversarialLoss("bce")
 
     # ------------------------------------------------------------------------------------------ style generator
@@ -151,6 +152,9 @@ class nnUNetTrainerGLUA(nnUNetTrainerSourceOnly):
         if self.use_local:
             if self.local_input == "features":
                 channels = DecoderFeatureTap.channels(self._plain_network(), self.feature_stage)
+                # attached here, in initialize(), before the network's first forward, so that a torch.compile'd
+                # network runs its hook too (one registered later never would)
+                self._tap = DecoderFeatureTap.attached(self._plain_network(), self.feature_stage)
             else:
                 channels = self.label_manager.num_segmentation_heads
             dim = len(self.configuration_manager.patch_size)
@@ -182,11 +186,13 @@ class nnUNetTrainerGLUA(nnUNetTrainerSourceOnly):
         pick = torch.rand(source.shape[0], device=source.device) < self.translate_probability
         return torch.where(pick.view((-1,) + (1,) * (source.ndim - 1)), translated, source)
 
-    def _local_inputs(self, tap, outputs) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _local_input(self, output) -> torch.Tensor:
+        """What the feature discriminator judges of the forward pass that gave ``output``: the tapped decoder
+        features, or the softmax output."""
         if self.local_input == "features":
-            return tap.features[0], tap.features[1]
-        first = [o if isinstance(o, torch.Tensor) else o[0] for o in outputs]
-        return torch.softmax(first[0].float(), 1), torch.softmax(first[1].float(), 1)
+            return self._tap.take()
+        first = output if isinstance(output, torch.Tensor) else output[0]
+        return torch.softmax(first.float(), 1)
 
     def local_weight_now(self) -> float:
         return self.local_weight * warmup_ramp(self.current_epoch, self.local_warmup * self.num_epochs)
@@ -197,12 +203,11 @@ class nnUNetTrainerGLUA(nnUNetTrainerSourceOnly):
         if not self.use_local:
             seg = self.loss(self.network(labelled), target_a)
             return {"seg": seg, "loss": seg}
-        tap = DecoderFeatureTap(self._plain_network(), self.feature_stage)
-        with tap:
-            output = self.network(labelled)
-            output_target = self.network(data_b)
+        output = self.network(labelled)
+        features_source = self._local_input(output)
+        output_target = self.network(data_b)
+        features_target = self._local_input(output_target)
         seg = self.loss(output, target_a)
-        features_source, features_target = self._local_inputs(tap, (output, output_target))
         discriminator = self.training_modules["feature_discriminator"]
         with frozen(discriminator):
             logits_target = discriminator(features_target)

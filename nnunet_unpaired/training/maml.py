@@ -150,6 +150,8 @@ class nnUNetTrainerMAML(BudgetMixin, nnUNetTrainer):
         network = self.maml_network()
         network.keep_peer_outputs = True
         network.modality_dropout = self.modality_dropout
+        # the channel subset of modality dropout is drawn in train_step, outside the (compiled) network
+        network.fusion_mask_drawn_outside = True
 
     def _build_loss(self):
         return _LossWithPeers(MutualLearningLoss(super()._build_loss(), self.distillation_weight,
@@ -159,6 +161,7 @@ class nnUNetTrainerMAML(BudgetMixin, nnUNetTrainer):
         self.maml_network().deep_supervision = enabled
 
     def train_step(self, batch: dict) -> dict:
+        self.maml_network().draw_fusion_mask()
         result = super().train_step(batch)
         result.update({name: float(value) for name, value in self.loss.mutual.last_terms.items()})
         return result

@@ -204,9 +204,14 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
                                f"model for B is written to {self._partner['output_folder']}")
 
     def forward_partner(self, data: torch.Tensor):
-        """Network output for a batch of modality B (with B's own normalization parameters when enabled)."""
+        """Network output for a batch of modality B (with B's own normalization parameters when enabled).
+
+        Always through ``self.network`` (nnU-Net's compiled module where nnU-Net compiles): B's normalization
+        parameters are put into the plain network's norm layers for the call, and a compiled network reads its
+        parameters at every call, so no recompilation (tests/test_compiled_step.py)."""
         if self.partner_norm is not None:
-            return self.partner_norm(self._plain_network(), data)
+            with self.partner_norm.substituted(self._plain_network()):
+                return self.network(data)
         return self.network(data)
 
     def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
