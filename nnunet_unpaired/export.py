@@ -36,10 +36,11 @@ import os
 import pkgutil
 import re
 import shutil
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.pairing import PAIRING_KEY, require_env
+from nnunet_unpaired.phantom import replace_folder
 
 HELP = "write a model folder / zip that stock nnU-Net predicts with, without this plugin installed"
 
@@ -264,12 +265,7 @@ def _replace_folder(tmp: str, target: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             raise UserError(f"{target} exists and was not written by 'nnunet_unpaired export'; it is left alone. "
                             f"Move it away, or export under another name with --plans-name")
-        old = f"{tmp}.old"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    replace_folder(tmp, target)
 
 
 def _training_command(plans: dict, dataset: str, configuration: str, fold: str, trainer: str,
