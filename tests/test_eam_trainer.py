@@ -90,6 +90,56 @@ def test_eam_stage_and_weights_from_environment(planned_pair, monkeypatch):
         _started(env, monkeypatch, nnUNetTrainerEAM, fold=1)
 
 
+def test_eam_several_stages_of_different_widths():
+    """Each stage's tap and module see that stage's features (the docs' example -1,-2 broke on unequal widths)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    from nnunet_unpaired.losses.semantic_consistency import EAMLoss
+    from nnunet_unpaired.modules.external_attention import ExternalAttentionModule
+    from nnunet_unpaired.modules.local_alignment import DecoderFeatureTap
+
+    torch.manual_seed(0)
+    net = PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv2d, 3, (1, 2, 2), 2, 3, 2, True,
+                        torch.nn.InstanceNorm2d, {"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU,
+                        deep_supervision=True)
+    stages = (-1, -2)
+    taps = [DecoderFeatureTap.attached(net, s) for s in stages]
+    modules = [ExternalAttentionModule(nnUNetTrainerEAM._stage_channels(net.decoder.stages[s]), 3) for s in stages]
+    assert [m.in_channels for m in modules] == [8, 16]
+    labels_a, labels_b = torch.randint(0, 3, (2, 1, 16, 16)), torch.randint(0, 3, (2, 1, 16, 16))
+    net(torch.randn(2, 1, 16, 16))
+    feats_a = [t.take() for t in taps]
+    net(torch.randn(2, 1, 16, 16))
+    feats_b = [t.take() for t in taps]
+    assert [f.shape[1:] for f in feats_a] == [(8, 16, 16), (16, 8, 8)]
+    total = sum(EAMLoss()(*m(fa, labels_a, fb, labels_b))["total"] for m, fa, fb in zip(modules, feats_a, feats_b))
+    total.backward()
+    assert all(torch.isfinite(m.memory.grad).all() for m in modules)
+
+
+def test_eam_ramp_is_per_iteration_and_grounding_is_on_from_the_start(planned_pair, monkeypatch):
+    _, env = planned_pair
+    trainer = _started(env, monkeypatch, nnUNetTrainerEAM, fold=0)
+    trainer.current_epoch, trainer.num_epochs, trainer.num_iterations_per_epoch = 0, 10, 4  # warm-up: one epoch
+    trainer.on_train_epoch_start()
+    assert trainer.consistency_ramp() == pytest.approx(np.exp(-5.0))
+    terms = trainer.train_step(next(trainer.dataloader_train))
+    assert trainer.consistency_ramp() == pytest.approx(np.exp(-5.0 * 0.75 ** 2))  # a quarter of the warm-up epoch
+    assert terms["eam_att"] > 0.3, "grounding must count fully from the first step (about log K at the start)"
+    trainer.train_step(next(trainer.dataloader_train))
+    assert trainer.consistency_ramp() == pytest.approx(np.exp(-5.0 * 0.5 ** 2))
+    trainer.current_epoch = 1
+    trainer.on_train_epoch_start()
+    assert trainer.consistency_ramp() == 1.0
+
+
+def test_eam_dim_setting_is_gone_with_a_clear_error(planned_pair, monkeypatch):
+    _, env = planned_pair
+    monkeypatch.setenv("nnUNet_unpaired_eam_dim", "64")
+    with pytest.raises(Exception, match="nnUNet_unpaired_eam_dim no longer exists"):
+        _trainer(env, monkeypatch, nnUNetTrainerEAM, fold=0)
+
+
 def test_ummkd_step_has_kd_term_and_own_norms(planned_pair, monkeypatch):
     _, env = planned_pair
     trainer = _started(env, monkeypatch, nnUNetTrainerUMMKD, fold=2)

@@ -39,7 +39,7 @@ K = 3
 FULLRES = (2, 128, 128, 128)  # batch size and patch of a 3d_fullres configuration: 2 x 128^3 voxels
 # CSC reads the bottleneck: nnU-Net's 3d_fullres network on 128^3 patches ends at 320 channels on a 4^3 grid.
 BOTTLENECK = (2, 320, 4, 4, 4)
-# The EAM's class representations are K vectors of the module's width (embed_dim, default 64).
+# The EAM's class representations are K vectors of the decoder stage's width (64 at 3d_fullres stage -2).
 EMBED_DIM = 64
 
 
@@ -175,7 +175,9 @@ def test_eam_losses(dtype: torch.dtype, regime: str) -> None:
     repr_a = _leaf(_class_repr(regime, seed=13), dtype)
     repr_b = _leaf(_class_repr("initial", seed=14), dtype)
     with torch.autocast("cpu", dtype=dtype):
-        terms = EAMLoss()(EAMOutput(logits_a, repr_a), _labels(seed=0), EAMOutput(logits_b, repr_b), _labels(1))
+        labels_a, labels_b = _labels(seed=0), _labels(1)
+        present = torch.ones(K, dtype=torch.bool)
+        terms = EAMLoss()(EAMOutput(logits_a, repr_a, present, labels_a), EAMOutput(logits_b, repr_b, present, labels_b))
     for name in ("attention", "semantic", "structured"):
         assert torch.isfinite(terms[name]), f"{name} is {terms[name].item()}"
     _assert_finite(terms["total"], logits_a, logits_b, repr_a, repr_b)

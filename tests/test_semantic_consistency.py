@@ -169,19 +169,20 @@ def test_consistency_ill_shaped_raises(loss: Callable[..., torch.Tensor]) -> Non
 # --- EAMLoss -------------------------------------------------------------------------------------------------
 
 
-def _outputs(dim: int = 2, seed: int = 0) -> tuple[EAMOutput, torch.Tensor, EAMOutput, torch.Tensor]:
+def _outputs(dim: int = 2, seed: int = 0, ignore_index=None, labels_b=None):
     torch.manual_seed(seed)
-    module = ExternalAttentionModule(in_channels=3, num_classes=3, embed_dim=4, dim=dim)
+    module = ExternalAttentionModule(in_channels=3, num_classes=3, dim=dim, ignore_index=ignore_index)
     spatial = (4,) * dim
     labels_a = torch.randint(0, 3, (2, 1, *spatial))
-    labels_b = torch.randint(0, 3, (1, 1, *spatial))
-    return module(torch.randn(2, 3, *spatial)), labels_a, module(torch.randn(1, 3, *spatial)), labels_b
+    labels_b = torch.randint(0, 3, (1, 1, *spatial)) if labels_b is None else labels_b
+    out_a, out_b = module(torch.randn(2, 3, *spatial), labels_a, torch.randn(1, 3, *spatial), labels_b)
+    return out_a, labels_a, out_b, labels_b
 
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_eam_loss_terms_and_weighted_total(dim: int) -> None:
     out_a, labels_a, out_b, labels_b = _outputs(dim)
-    terms = EAMLoss(w_att=0.5, w_sem=2.0, w_str=3.0)(out_a, labels_a, out_b, labels_b)
+    terms = EAMLoss(w_att=0.5, w_sem=2.0, w_str=3.0)(out_a, out_b)
     assert set(terms) == {"attention", "semantic", "structured", "total"}
     expected_att = 0.5 * (
         attention_grounding_loss(out_a.logits, labels_a) + attention_grounding_loss(out_b.logits, labels_b)
@@ -198,44 +199,47 @@ def test_eam_loss_terms_and_weighted_total(dim: int) -> None:
 
 
 def test_eam_loss_identical_modalities_and_symmetry() -> None:
-    out_a, labels_a, out_b, labels_b = _outputs()
+    out_a, _, out_b, _ = _outputs()
     loss = EAMLoss()
-    same = loss(out_a, labels_a, out_a, labels_a)
+    same = loss(out_a, out_a)
     assert same["semantic"].abs().item() < 1e-6 and same["structured"].abs().item() < 1e-6
-    ab, ba = loss(out_a, labels_a, out_b, labels_b), loss(out_b, labels_b, out_a, labels_a)
+    ab, ba = loss(out_a, out_b), loss(out_b, out_a)
     for key in ab:
         torch.testing.assert_close(ab[key], ba[key])
 
 
-def test_eam_loss_resizes_labels_to_feature_grid() -> None:
-    out_a, labels_a, out_b, labels_b = _outputs()
-    up_a = labels_a.repeat_interleave(2, 2).repeat_interleave(2, 3)
-    up_b = labels_b.repeat_interleave(2, 2).repeat_interleave(2, 3)
+def test_module_resizes_labels_to_feature_grid() -> None:
+    torch.manual_seed(5)
+    module = ExternalAttentionModule(in_channels=3, num_classes=3)
+    fa, fb = torch.randn(2, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    la, lb = torch.randint(0, 3, (2, 1, 4, 4)), torch.randint(0, 3, (1, 1, 4, 4))
+    up = [lab.repeat_interleave(2, 2).repeat_interleave(2, 3) for lab in (la, lb)]
     loss = EAMLoss()
-    torch.testing.assert_close(loss(out_a, up_a, out_b, up_b)["total"], loss(out_a, labels_a, out_b, labels_b)["total"])
+    torch.testing.assert_close(loss(*module(fa, up[0], fb, up[1]))["total"], loss(*module(fa, la, fb, lb))["total"])
 
 
 def test_eam_loss_ignore_label() -> None:
     """Voxels with the ignore label are left out of the grounding and of the class-present masks."""
-    out_a, labels_a, out_b, labels_b = _outputs()
-    labels_b = labels_b.clone()
+    labels_b = torch.randint(0, 3, (1, 1, 4, 4), generator=torch.Generator().manual_seed(9))
     labels_b[labels_b == 2] = 3  # class 2 only appears as ignored in B
-    terms = EAMLoss(ignore_index=3)(out_a, labels_a, out_b, labels_b)
+    out_a, _, out_b, _ = _outputs(ignore_index=3, labels_b=labels_b)
+    terms = EAMLoss(ignore_index=3)(out_a, out_b)
     present = torch.tensor([True, True, False])
+    assert out_b.present.tolist() == [True, True, False]
     torch.testing.assert_close(
         terms["semantic"], semantic_consistency_loss(out_a.class_repr, out_b.class_repr, present, present)
     )
     with pytest.raises(ValueError, match="label values"):
-        EAMLoss()(out_a, labels_a, out_b, labels_b)
+        _outputs(labels_b=labels_b)  # without the ignore label, 3 is out of range
 
 
 def test_eam_loss_gradients_reach_network_and_module() -> None:
     torch.manual_seed(3)
     network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.LeakyReLU())
-    module = ExternalAttentionModule(in_channels=4, num_classes=3, embed_dim=6, dim=3)
+    module = ExternalAttentionModule(in_channels=4, num_classes=3, dim=3)
     image_a, image_b = torch.randn(2, 1, 4, 4, 4), torch.randn(2, 1, 4, 4, 4)
     labels_a, labels_b = torch.randint(0, 3, (2, 1, 8, 8, 8)), torch.randint(0, 3, (2, 1, 8, 8, 8))
-    terms = EAMLoss()(module(network(image_a)), labels_a, module(network(image_b)), labels_b)
+    terms = EAMLoss()(*module(network(image_a), labels_a, network(image_b), labels_b))
     assert all(math.isfinite(v.item()) for v in terms.values())
     terms["total"].backward()
     for name, param in [*network.named_parameters(), *module.named_parameters()]:
@@ -259,22 +263,22 @@ def test_eam_loss_invalid_arguments_raise(kwargs: dict, bad: str) -> None:
 
 
 def test_eam_loss_mismatched_modules_raise() -> None:
-    out_a, labels_a, _, labels_b = _outputs()
-    other = ExternalAttentionModule(in_channels=3, num_classes=4, embed_dim=4, dim=2)(torch.randn(1, 3, 4, 4))
+    out_a, _, _, _ = _outputs()
+    other = ExternalAttentionModule(in_channels=3, num_classes=4, dim=2)
+    labels = torch.zeros(1, 1, 4, 4)
+    other_out, _ = other(torch.randn(1, 3, 4, 4), labels, torch.randn(1, 3, 4, 4), labels)
     with pytest.raises(ValueError, match="same module"):
-        EAMLoss()(out_a, labels_a, other, labels_b)
-    with pytest.raises(ValueError, match="batch size"):
-        EAMLoss()(out_a, labels_a[:1], out_a, labels_a)
+        EAMLoss()(out_a, other_out)
 
 
 def test_eam_loss_is_float32_under_mixed_precision() -> None:
     torch.manual_seed(4)
     network = torch.nn.Conv2d(1, 4, 3, padding=1)
-    module = ExternalAttentionModule(in_channels=4, num_classes=3, embed_dim=8, dim=2)
+    module = ExternalAttentionModule(in_channels=4, num_classes=3, dim=2)
     labels = torch.randint(0, 3, (2, 1, 6, 6))
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        out_a, out_b = module(network(torch.randn(2, 1, 6, 6))), module(network(torch.randn(2, 1, 6, 6)))
-        terms = EAMLoss()(out_a, labels, out_b, labels)
+        out_a, out_b = module(network(torch.randn(2, 1, 6, 6)), labels, network(torch.randn(2, 1, 6, 6)), labels)
+        terms = EAMLoss()(out_a, out_b)
     assert out_a.class_repr.dtype == torch.float32
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
     terms["total"].backward()

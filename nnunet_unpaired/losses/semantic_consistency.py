@@ -5,24 +5,28 @@ Structured Semantic Consistency", MIDL 2023 (PMLR 227:1602-1622, 2024; arXiv 220
 
 The paper states that the class representations of the two modalities (semantic consistency) and their
 correlations (structured consistency) are aligned through an external attention module. Its formulas were not
-available to us; the formulation below is OUR DESIGN (docs/METHODS.md, "Adopted formulation"):
+available to us; the formulation below is OUR DESIGN (docs/eam.md, "Formulation"). The class representations are
+the network's label-masked class means of its standardised decoder features
+(:class:`nnunet_unpaired.modules.external_attention.ExternalAttentionModule`), so:
 
-- grounding ``L_att``: cross-entropy over the K memory slots at every voxel of the attention logits against
-  the labels resized to the feature grid, so that slot k means class k in both modalities; averaged over the
-  two modalities;
+- grounding ``L_att``: cross-entropy over the K memory slots at every voxel of the attention logits
+  ``cos(Z_v, M_k) / tau`` against the labels on the feature grid; slot k attends to class k and every voxel of class
+  k, in both modalities, is pulled towards the shared anchor ``M_k``; averaged over the two modalities;
 - semantic ``L_sem``: mean over the classes present in BOTH modalities' batches of ``1 - cos(R^A_k, R^B_k)``;
 - structured ``L_str``: with ``G = norm(R) norm(R)^T`` (K x K cosine correlations, rows L2-normalised),
   the mean squared difference of ``G^A`` and ``G^B`` over the ordered pairs (i, j), i != j, of classes present
   in both (the diagonal is 1 in both and carries no information, so it is left out);
-- a class is "present" in a modality when at least one non-ignored voxel of the labels, resized to the
-  feature grid by nearest neighbour, has that class. Absent classes are masked out: their representation
-  comes from attention with no grounding and must not be aligned. With no shared class (or fewer than two
-  for ``L_str``) the loss is a zero that is still connected to the graph (finite, zero gradients);
+- neither consistency term depends on a parameter of the module: the module cannot lower them by itself (the
+  shortcut of the former attention-pooled representations, issue 15); only the network's features can;
+- a class is "present" in a modality when at least one non-ignored voxel of the labels, resized to the feature grid
+  by nearest neighbour, has that class; absent classes are masked out. With no shared class (or fewer than two for
+  ``L_str``) the loss is a zero that is still connected to the graph (finite, zero gradients);
 - all three are computed in float32, also under mixed precision; the cosines normalise with
   :func:`nnunet_unpaired.losses.numerics.unit_vectors` (a representation no longer than 1e-4 has no direction and
   passes no gradient) instead of eps 1e-8, whose gradient for a zero representation (~1e8) is not finite in fp16.
 
-The warm-up ``w(t)`` of the total (:func:`nnunet_unpaired.losses.ramps.warmup_ramp`) is applied by the trainer.
+The warm-up ``w(t)`` of the consistency terms (:func:`nnunet_unpaired.losses.ramps.warmup_ramp`, per iteration) is
+applied by the trainer; grounding is on from the first step.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_unpaired.losses.numerics import unit_vectors
-from nnunet_unpaired.modules.external_attention import EAMOutput, class_present_mask, labels_to_grid
+from nnunet_unpaired.modules.external_attention import EAMOutput
 
 __all__ = [
     "EAMLoss",
@@ -185,23 +189,18 @@ class EAMLoss(nn.Module):
         self.w_str = float(w_str)
         self.ignore_index = ignore_index
 
-    def forward(
-        self, out_a: EAMOutput, labels_a: torch.Tensor, out_b: EAMOutput, labels_b: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, out_a: EAMOutput, out_b: EAMOutput) -> dict[str, torch.Tensor]:
         """Loss terms for one step with a batch of each modality.
 
         Args:
-            out_a: the module's output for modality A's batch.
-            labels_a: labels (B, 1, *spatial) of modality A, at any resolution (resized to the feature grid
-                by nearest neighbour).
+            out_a: the module's output for modality A's batch (labels on the feature grid included).
             out_b: the module's output for modality B's batch.
-            labels_b: labels (B, 1, *spatial) of modality B.
 
         Returns:
             Dict with scalar tensors ``attention``, ``semantic``, ``structured`` (unweighted) and ``total``.
 
         Raises:
-            ValueError: on shapes that do not fit together or label values outside the class range.
+            ValueError: on outputs that do not fit together or label values outside the class range.
         """
         num_classes = out_a.logits.shape[1]
         if out_b.logits.shape[1] != num_classes or out_a.class_repr.shape != out_b.class_repr.shape:
@@ -209,20 +208,11 @@ class EAMLoss(nn.Module):
                 f"both modalities must come from the same module: got K={num_classes} and K={out_b.logits.shape[1]}, "
                 f"class_repr {tuple(out_a.class_repr.shape)} and {tuple(out_b.class_repr.shape)}"
             )
-        grid_a = labels_to_grid(labels_a, out_a.logits.shape[2:])
-        grid_b = labels_to_grid(labels_b, out_b.logits.shape[2:])
-        if grid_a.shape[0] != out_a.logits.shape[0] or grid_b.shape[0] != out_b.logits.shape[0]:
-            raise ValueError(
-                f"labels and features must have the same batch size, got {grid_a.shape[0]} vs "
-                f"{out_a.logits.shape[0]} (A) and {grid_b.shape[0]} vs {out_b.logits.shape[0]} (B)"
-            )
         attention = 0.5 * (
-            attention_grounding_loss(out_a.logits, grid_a, self.ignore_index)
-            + attention_grounding_loss(out_b.logits, grid_b, self.ignore_index)
+            attention_grounding_loss(out_a.logits, out_a.labels, self.ignore_index)
+            + attention_grounding_loss(out_b.logits, out_b.labels, self.ignore_index)
         )
-        present_a = class_present_mask(grid_a, num_classes, self.ignore_index)
-        present_b = class_present_mask(grid_b, num_classes, self.ignore_index)
-        semantic = semantic_consistency_loss(out_a.class_repr, out_b.class_repr, present_a, present_b)
-        structured = structured_consistency_loss(out_a.class_repr, out_b.class_repr, present_a, present_b)
+        semantic = semantic_consistency_loss(out_a.class_repr, out_b.class_repr, out_a.present, out_b.present)
+        structured = structured_consistency_loss(out_a.class_repr, out_b.class_repr, out_a.present, out_b.present)
         total = self.w_att * attention + self.w_sem * semantic + self.w_str * structured
         return {"attention": attention, "semantic": semantic, "structured": structured, "total": total}

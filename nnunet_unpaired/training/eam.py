@@ -8,9 +8,11 @@ formulation; the paper's formulas were not available). This trainer only wires t
 - forward hooks (:class:`~nnunet_unpaired.modules.local_alignment.DecoderFeatureTap`) read the output of the chosen
   decoder stage(s) for the batch of A and the batch of B;
 - one EAM per stage (a training-only module: optimized with the network, saved under the checkpoint's
-  ``nnunet_unpaired`` key, never in ``network_weights``) turns each into attention logits + class representations;
-- loss = seg_A + seg_B + w(t) * (w_att L_att + w_sem L_sem + w_str L_str), averaged over stages, with the warm-up
-  ramp w(t) = exp(-5 (1 - t/T)^2) over the first ``warmup_fraction`` of the epochs.
+  ``nnunet_unpaired`` key, never in ``network_weights``) standardises A's and B's features together, pools the
+  network's label-masked class means and grounds its class anchors on the labels;
+- loss = seg_A + seg_B + w_att L_att + w(t) (w_sem L_sem + w_str L_str), averaged over stages: grounding from the
+  first step, the consistency terms with the warm-up ramp w(t) = exp(-5 (1 - t/T)^2), evaluated at every iteration
+  (t counts epochs in fractions of an epoch), over the first ``warmup_fraction`` of training.
 
 Settings (class attributes; each can be overridden by an environment variable, read when the trainer starts):
 
@@ -19,9 +21,9 @@ attribute              environment variable                 default  meaning
 =====================  ===================================  =======  ==============================================
 ``eam_stages``         ``nnUNet_unpaired_eam_stages``       ``-2``   decoder stages read (0 = lowest resolution,
                                                                      -1 = full resolution), comma-separated
-``eam_dim``            ``nnUNet_unpaired_eam_dim``          ``64``   width C' of projection and memory
+``eam_temperature``    ``nnUNet_unpaired_eam_temperature``  ``0.1``  tau of the anchors' cosine attention logits
 ``eam_weights``        ``nnUNet_unpaired_eam_weights``      1,1,1    w_att, w_sem, w_str
-``warmup_fraction``    ``nnUNet_unpaired_eam_warmup``       ``0.1``  share of the epochs over which w(t) ramps up
+``warmup_fraction``    ``nnUNet_unpaired_eam_warmup``       ``0.1``  share of training over which w(t) ramps up
 =====================  ===================================  =======  ==============================================
 
 The deployed model is nnU-Net's plain network (the hooks only observe): inference costs what vanilla nnU-Net costs.
@@ -37,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.losses.ramps import warmup_ramp
 from nnunet_unpaired.losses.semantic_consistency import EAMLoss
 from nnunet_unpaired.modules.external_attention import ExternalAttentionModule
@@ -56,7 +59,7 @@ def _env_numbers(name: str, default: Sequence, cast) -> Tuple:
 
 class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
     eam_stages: Tuple[int, ...] = (-2,)
-    eam_dim: int = 64
+    eam_temperature: float = 0.1
     eam_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     warmup_fraction: float = 0.1
 
@@ -64,7 +67,11 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.eam_stages = _env_numbers("nnUNet_unpaired_eam_stages", self.eam_stages, int)
-        self.eam_dim = _env_numbers("nnUNet_unpaired_eam_dim", (self.eam_dim,), int)[0]
+        if os.environ.get("nnUNet_unpaired_eam_dim", "").strip():
+            raise UserError("nnUNet_unpaired_eam_dim no longer exists: the EAM has no projection since issue 15 (its "
+                            "memory slots have the decoder stage's width). Unset it; choose the width by the stage "
+                            "(nnUNet_unpaired_eam_stages).")
+        self.eam_temperature = _env_numbers("nnUNet_unpaired_eam_temperature", (self.eam_temperature,), float)[0]
         self.eam_weights = _env_numbers("nnUNet_unpaired_eam_weights", self.eam_weights, float)
         self.warmup_fraction = _env_numbers("nnUNet_unpaired_eam_warmup", (self.warmup_fraction,), float)[0]
         if len(self.eam_weights) != 3:
@@ -72,8 +79,10 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         self.eam_loss = EAMLoss(*self.eam_weights, ignore_index=self.label_manager.ignore_label)
         self._taps: List[DecoderFeatureTap] = []
         self._features_a: Optional[List[torch.Tensor]] = None
-        self.print_to_log_file(f"EAM: decoder stages {self.eam_stages}, width {self.eam_dim}, weights "
-                               f"(att, sem, str) {self.eam_weights}, warm-up over {self.warmup_fraction:.0%} of epochs")
+        self._iteration_in_epoch = 0
+        self.print_to_log_file(f"EAM: decoder stages {self.eam_stages}, temperature {self.eam_temperature}, weights "
+                               f"(att, sem, str) {self.eam_weights}, consistency warm-up over "
+                               f"{self.warmup_fraction:.0%} of training")
 
     def _decoder_stages(self) -> List[nn.Module]:
         stages = self._plain_network().decoder.stages
@@ -91,7 +100,8 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         num_classes = self.label_manager.num_segmentation_heads
         for stage_index, stage in zip(self.eam_stages, self._decoder_stages()):
             channels = self._stage_channels(stage)
-            modules[f"eam_stage{stage_index}"] = ExternalAttentionModule(channels, num_classes, self.eam_dim, dim)
+            modules[f"eam_stage{stage_index}"] = ExternalAttentionModule(
+                channels, num_classes, dim, self.eam_temperature, self.label_manager.ignore_label)
         # attached here, in initialize(), before the network's first forward: torch.compile traces the hooks that
         # exist at its first call (a hook added after it would never run in the compiled network)
         self._taps = [DecoderFeatureTap.attached(self._plain_network(), s) for s in self.eam_stages]
@@ -124,8 +134,19 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         sums = {"attention": 0.0, "semantic": 0.0, "structured": 0.0, "total": 0.0}
         for i, stage_index in enumerate(self.eam_stages):
             module = self.training_modules[f"eam_stage{stage_index}"]
-            terms = self.eam_loss(module(features_a[i]), labels_a, module(features_b[i]), labels_b)
+            terms = self.eam_loss(*module(features_a[i], labels_a, features_b[i], labels_b))
             sums = {k: sums[k] + terms[k] / n for k in sums}
-        ramp = warmup_ramp(self.current_epoch, self.warmup_fraction * self.num_epochs)
+        ramp = self.consistency_ramp()
+        self._iteration_in_epoch += 1
         weights = dict(zip(("attention", "semantic", "structured"), self.eam_weights))
-        return {f"eam_{k[:3]}": ramp * weights[k] * sums[k] for k in weights}
+        ramps = {"attention": 1.0, "semantic": ramp, "structured": ramp}
+        return {f"eam_{k[:3]}": ramps[k] * weights[k] * sums[k] for k in weights}
+
+    def consistency_ramp(self) -> float:
+        """w(t) of the consistency terms at this training iteration (t in epochs, fractions of an epoch included)."""
+        t = self.current_epoch + self._iteration_in_epoch / max(self.num_iterations_per_epoch, 1)
+        return warmup_ramp(t, self.warmup_fraction * self.num_epochs)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._iteration_in_epoch = 0
