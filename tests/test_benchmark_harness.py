@@ -309,8 +309,14 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     csv_text = (setting / "report" / "results.csv").read_text()
     steps = sorted(p.name for p in (setting / "steps").iterdir()) + sorted(
         p.name for p in (setting / "seed_0" / "steps").iterdir())
-    assert len(steps) == 2 + 3 + 4 + 4  # plan, splits; 3 trainings; predict and evaluate per method and modality
+    # plan, splits; 3 trainings; predict and evaluate per method and modality; joint's class-feature agreement
+    assert len(steps) == 2 + 3 + 4 + 4 + 1
     assert "## Paired differences with 95% intervals" in summary and "Δ vs vanilla [95% interval]" in summary
+    mechanism = json.loads((setting / "seed_0" / "mechanism" / "joint__fold_0.json").read_text())
+    assert -1.0 <= mechanism["agreement"] <= 1.0 and 0.0 <= mechanism["probe_a_to_b"] <= 1.0
+    assert mechanism["stage"] == -2 and mechanism["cases"] == [4, 4]
+    assert "#### Mechanism: class features shared across modalities" in summary
+    assert f"{mechanism['agreement']:.3f}" in summary
     lines.clear()
     harness.run_benchmark(spec, options, log=lines.append)
     assert not [line for line in lines if line.startswith("[start]")], lines

@@ -15,7 +15,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_unpaired.benchmark.registry import get
 from nnunet_unpaired.training.eam import nnUNetTrainerEAM
 from nnunet_unpaired.training.ummkd import nnUNetTrainerUMMKD
-from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY
+from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY, nnUNetTrainerUnpairedJoint
 
 from pairs import IDS, NAMES, run, set_env
 
@@ -138,6 +138,50 @@ def test_eam_dim_setting_is_gone_with_a_clear_error(planned_pair, monkeypatch):
     monkeypatch.setenv("nnUNet_unpaired_eam_dim", "64")
     with pytest.raises(Exception, match="nnUNet_unpaired_eam_dim no longer exists"):
         _trainer(env, monkeypatch, nnUNetTrainerEAM, fold=0)
+
+
+@pytest.mark.parametrize("cls", [nnUNetTrainerUnpairedJoint, nnUNetTrainerEAM])
+def test_one_concatenated_forward_equals_two_passes(planned_pair, monkeypatch, cls):
+    """Joint and EAM may run one forward over cat(A, B) (issue 14 item 5): same losses and gradients as two passes."""
+    _, env = planned_pair
+    trainer = _started(env, monkeypatch, cls, fold=0)
+    data_a, target_a = _batch_on(trainer, next(trainer.dataloader_train))
+    data_b, target_b = _batch_on(trainer, next(trainer.dataloader_train_partner))
+    results = []
+    for concatenated in (False, True):
+        trainer.concatenate_batches = concatenated
+        assert trainer.concatenates_batches(data_a, data_b) == concatenated
+        trainer.optimizer.zero_grad(set_to_none=True)
+        terms = trainer.compute_losses(data_a, target_a, data_b, target_b)
+        terms["loss"].backward()
+        grads = [p.grad.clone() for p in trainer._plain_network().parameters() if p.grad is not None]
+        results.append(({k: float(v) for k, v in terms.items()}, grads))
+    (terms_two, grads_two), (terms_one, grads_one) = results
+    assert terms_two.keys() == terms_one.keys()
+    for key in terms_two:
+        assert terms_one[key] == pytest.approx(terms_two[key], rel=1e-4, abs=1e-6), key
+    assert len(grads_one) == len(grads_two) > 0
+    for g1, g2 in zip(grads_one, grads_two):
+        torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-5)
+
+
+def test_concatenation_setting_and_modality_specific_norm(planned_pair, monkeypatch):
+    _, env = planned_pair
+    monkeypatch.setenv("nnUNet_unpaired_concat_forward", "0")
+    assert not _trainer(env, monkeypatch, nnUNetTrainerUnpairedJoint, fold=0).concatenate_batches
+    monkeypatch.setenv("nnUNet_unpaired_concat_forward", "yes")
+    with pytest.raises(Exception, match="nnUNet_unpaired_concat_forward"):
+        _trainer(env, monkeypatch, nnUNetTrainerUnpairedJoint, fold=0)
+    monkeypatch.delenv("nnUNet_unpaired_concat_forward")
+    ummkd = _started(env, monkeypatch, nnUNetTrainerUMMKD, fold=0)  # B has its own norm parameters: two passes
+    x = torch.zeros(2, 1, *ummkd.configuration_manager.patch_size)
+    assert ummkd.concatenate_batches and not ummkd.concatenates_batches(x, x)
+
+
+def _batch_on(trainer, batch):
+    data = batch["data"].to(trainer.device)
+    target = [t.to(trainer.device) for t in batch["target"]]
+    return data, target
 
 
 def test_ummkd_step_has_kd_term_and_own_norms(planned_pair, monkeypatch):

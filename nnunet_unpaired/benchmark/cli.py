@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the scarce-label setting: B trains with only N labelled cases per fold, A "
                              "keeps all (test cases unchanged)")
     parser.add_argument("--no-full-label", action="store_true", help="run only the --scarce-b setting(s)")
+    parser.add_argument("--no-mechanism", action="store_true",
+                        help="skip the class-feature agreement of the methods that share one network (joint, EAM, ...)")
     parser.add_argument("--uda-directions", nargs="+", choices=("a2b", "b2a"), default=["a2b", "b2a"],
                         help="uda methods (glua, ...): adaptation directions, a2b = A labelled source, B unlabelled "
                              "target (default: both)")
@@ -125,7 +127,7 @@ def build(args: argparse.Namespace):
                          uda_directions=tuple(dict.fromkeys(args.uda_directions)),
                          semi_percent=tuple(dict.fromkeys(args.semi_labelled)),
                          semi_misaligned=not args.no_semi_misaligned,
-                         multichannel_dataset=args.multichannel_dataset)
+                         multichannel_dataset=args.multichannel_dataset, mechanism=not args.no_mechanism)
     if any(not 0 < p < 100 for p in options.semi_percent):
         raise UserError(f"--semi-labelled takes percentages between 0 and 100 (exclusive), got "
                         f"{' '.join(map(str, options.semi_percent))}")

@@ -130,6 +130,8 @@ class RunOptions:
     env: tuple[tuple[str, str], ...] = ()  # nnU-Net variables for every command (worker counts), see Preset.env
     predict_processes: tuple[int, int] | None = None
     plan_processes: int = 2
+    #: after each method sharing one network (kind unpaired): the class-feature agreement on the test cases
+    mechanism: bool = True
     # experiments (kinds with settings of their own, see EXPERIMENTS)
     uda_directions: tuple[str, ...] = ("a2b", "b2a")  # uda: source -> target, a2b = A labelled, B the target
     semi_percent: tuple[int, ...] = (10, 20)  # semi: share of labelled training cases per modality, in percent

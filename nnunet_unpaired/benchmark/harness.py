@@ -72,6 +72,7 @@ from nnunet_unpaired.benchmark.config import (
 )
 from nnunet_unpaired.benchmark.data import link_raw, prepare_data, user_datasets, write_splits
 from nnunet_unpaired.benchmark.evaluation import evaluate
+from nnunet_unpaired.benchmark.mechanism import measure as measure_mechanism
 from nnunet_unpaired.benchmark.planning import plan
 from nnunet_unpaired.benchmark.prediction import predict
 from nnunet_unpaired.benchmark.registry import Method
@@ -183,6 +184,8 @@ def train_predict_evaluate(ctx: Context, methods: Sequence[Method], folds: Seque
                 for model in models:
                     predict(run_ctx, method, model, fold)
                     evaluate(run_ctx, method, model, fold)
+                if ctx.options.mechanism:
+                    measure_mechanism(run_ctx, method, models, fold)  # one shared network only (kind unpaired)
                 trained[(method.name, fold, seed)] = (method, models)
     return trained
 

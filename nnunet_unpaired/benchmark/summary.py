@@ -16,6 +16,7 @@ from nnunet_unpaired.benchmark.comparison import comparison_markdown
 from nnunet_unpaired.benchmark.config import BASELINE, BenchmarkSpec, Context, Dataset, RunOptions, Trained, run_key
 from nnunet_unpaired.benchmark.costs import collect_costs, loss_curves, mean
 from nnunet_unpaired.benchmark.evaluation import mean_dice, metrics_file
+from nnunet_unpaired.benchmark.mechanism import mechanism_file, mechanism_markdown
 from nnunet_unpaired.benchmark.registry import JOINT
 
 #: the baselines every method is compared with in ``results.md``, where they ran
@@ -25,13 +26,15 @@ COMPARISON_BASELINES = (BASELINE, JOINT, "source-only")
 def write_setting_report(ctx: Context, trained: Trained) -> dict:
     """Report of one setting from the metric files, timing files and checkpoints of the methods, folds and seeds run
     now."""
-    rows, costs = [], []
+    rows, costs, mechanism = [], [], []
     for key, (method, models) in trained.items():
         method_name, fold, seed = run_key(key)
         run_ctx = ctx.for_seed(seed)
         for model in models:
             rows += report.read_csv(metrics_file(run_ctx, method_name, model.dataset, fold))
         costs.append({**collect_costs(run_ctx, method, models, fold), "seed": seed})
+        if mechanism_file(run_ctx, method_name, fold).is_file():
+            mechanism.append(json.loads(mechanism_file(run_ctx, method_name, fold).read_text()))
     out = ctx.folder("report")
     written = report.write_report(rows, out, costs)
     for modality, (train, val) in loss_curves(ctx, trained).items():
@@ -40,7 +43,7 @@ def write_setting_report(ctx: Context, trained: Trained) -> dict:
             figure = report.training_loss_figure(train, val)
             figure.axes[0].set_title(f"Training loss ({modality})")
             written[f"training_loss_{safe}.png"] = report.save_figure(figure, out / f"training_loss_{safe}.png")
-    return {"rows": rows, "costs": costs, "files": written}
+    return {"rows": rows, "costs": costs, "files": written, "mechanism": mechanism}
 
 
 def step_times(markers: Sequence[Mapping]) -> str:
@@ -134,6 +137,8 @@ def summary_markdown(spec: BenchmarkSpec, options: RunOptions, result: Path, dev
     for s in settings:
         lines += [f"### {s['title']}", ""]
         lines += comparison_markdown(s["rows"], methods, COMPARISON_BASELINES)
+        if s.get("mechanism"):
+            lines += ["#" + line if line.startswith("###") else line for line in mechanism_markdown(s["mechanism"])]
     for s in settings:
         lines += [f"## Setting: {s['title']}", "", s["note"], ""]
         if s.get("headline"):
@@ -158,4 +163,5 @@ def setting_summary(ctx: Context, trained: Trained, title: str, note: str, plann
     markers = [json.loads(p.read_text()) for p in files]
     return {"name": ctx.setting, "steps": markers, "title": title, "note": note, "plan": planned,
             "rows": made["rows"], "costs": made["costs"], "files": made["files"], "headline": headline,
+            "mechanism": made["mechanism"],
             "markdown": (ctx.root / "report" / "results.md").read_text()}

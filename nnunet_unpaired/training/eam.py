@@ -79,6 +79,7 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         self.eam_loss = EAMLoss(*self.eam_weights, ignore_index=self.label_manager.ignore_label)
         self._taps: List[DecoderFeatureTap] = []
         self._features_a: Optional[List[torch.Tensor]] = None
+        self._features_b: Optional[List[torch.Tensor]] = None
         self._iteration_in_epoch = 0
         self.print_to_log_file(f"EAM: decoder stages {self.eam_stages}, temperature {self.eam_temperature}, weights "
                                f"(att, sem, str) {self.eam_weights}, consistency warm-up over "
@@ -112,23 +113,31 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         convs = [m for m in stage.modules() if isinstance(m, nn.modules.conv._ConvNd)]
         return convs[-1].out_channels
 
-    def forward_partner(self, data: torch.Tensor):
-        # the base's compute_losses runs A's forward, then this one: A's decoder features are the taps' latest now
+    def forward_pair(self, data_a: torch.Tensor, data_b: torch.Tensor):
+        if self.concatenates_batches(data_a, data_b):  # one pass: each tap holds the features of cat(A, B)
+            outputs = super().forward_pair(data_a, data_b)
+            n = data_a.shape[0]
+            both = [tap.take() for tap in self._taps]
+            self._features_a, self._features_b = [f[:n] for f in both], [f[n:] for f in both]
+            return outputs
+        output_a = self.network(data_a)
         self._features_a = [tap.take() for tap in self._taps]
-        return super().forward_partner(data)
+        output_b = self.forward_partner(data_b)
+        self._features_b = [tap.take() for tap in self._taps]
+        return output_a, output_b
 
     def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
         try:
             return super().compute_losses(data_a, target_a, data_b, target_b)
         finally:
-            self._features_a = None
+            self._features_a = self._features_b = None
 
     def alignment_losses(self, output_a, target_a, output_b, target_b) -> Dict[str, torch.Tensor]:
         n = len(self.eam_stages)
-        if self._features_a is None:
-            raise RuntimeError("EAM's alignment losses need the decoder features of A's forward (taken in "
-                               "forward_partner); call compute_losses")
-        features_a, features_b = self._features_a, [tap.take() for tap in self._taps]
+        if self._features_a is None or self._features_b is None:
+            raise RuntimeError("EAM's alignment losses need the decoder features of A's and B's forward (taken in "
+                               "forward_pair); call compute_losses")
+        features_a, features_b = self._features_a, self._features_b
         labels_a = target_a[0] if isinstance(target_a, (list, tuple)) else target_a
         labels_b = target_b[0] if isinstance(target_b, (list, tuple)) else target_b
         sums = {"attention": 0.0, "semantic": 0.0, "structured": 0.0, "total": 0.0}

@@ -74,6 +74,9 @@ def _to_device(batch: dict, device: torch.device):
 class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
     #: give modality B its own affine normalization parameters (shared kernels), as in Dou et al. 2020
     modality_specific_norm: bool = False
+    #: one forward over the concatenated A+B batch where A and B share every parameter (joint, EAM); issue 14 item 5.
+    #: Environment: nnUNet_unpaired_concat_forward=0 turns it off (two passes, as before).
+    concatenate_batches: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -84,6 +87,12 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
                 f"{self.__class__.__name__} does not support multi-GPU (DDP) training: the partner-dataset loader and "
                 f"the two-dataset export are single-process. Train with one GPU (drop -num_gpus).")
         self.training_modules = nn.ModuleDict()
+        flag = os.environ.get("nnUNet_unpaired_concat_forward", "").strip()
+        if flag:
+            if flag not in ("0", "1"):
+                raise UserError(f"nnUNet_unpaired_concat_forward={flag!r}: expected 0 (two forward passes) or 1 "
+                                f"(one pass over the concatenated A+B batch)")
+            self.concatenate_batches = flag == "1"
         self.dataloader_train_partner = self.dataloader_val_partner = None
         self._partner = self._load_partner(configuration, fold)
 
@@ -214,9 +223,26 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
                 return self.network(data)
         return self.network(data)
 
+    def concatenates_batches(self, data_a: torch.Tensor, data_b: torch.Tensor) -> bool:
+        """Whether this step runs ONE forward over ``cat(A, B)``: where A and B share every parameter (no
+        modality-specific normalization), the batches fit together and :attr:`concatenate_batches` is on."""
+        return (self.concatenate_batches and self.partner_norm is None
+                and data_a.shape[1:] == data_b.shape[1:] and data_a.dtype == data_b.dtype)
+
+    def forward_pair(self, data_a: torch.Tensor, data_b: torch.Tensor):
+        """Network outputs for A's and B's batch: one pass over the concatenated batch where
+        :meth:`concatenates_batches`, else A's pass and then :meth:`forward_partner`. nnU-Net's networks normalise
+        per sample (InstanceNorm), so both give the same outputs; benchmarks/joint_forward.py measures the cost."""
+        if not self.concatenates_batches(data_a, data_b):
+            return self.network(data_a), self.forward_partner(data_b)
+        n = data_a.shape[0]
+        output = self.network(torch.cat((data_a, data_b)))
+        if isinstance(output, (list, tuple)):
+            return [o[:n] for o in output], [o[n:] for o in output]
+        return output[:n], output[n:]
+
     def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
-        output_a = self.network(data_a)
-        output_b = self.forward_partner(data_b)
+        output_a, output_b = self.forward_pair(data_a, data_b)
         terms = {"seg_A": self.loss(output_a, target_a), "seg_B": self.loss(output_b, target_b)}
         terms.update(self.alignment_losses(output_a, target_a, output_b, target_b))
         terms["loss"] = sum(terms.values())
