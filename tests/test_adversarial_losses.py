@@ -125,6 +125,32 @@ def test_ngf_same_anatomy_closer_than_other_anatomy_on_phantom():
     assert loss(ct0, mr0) + 0.05 < loss(ct0, mr1)
 
 
+def test_ngf_weak_edges_inverted_beats_unrelated_and_blur_is_not_best():
+    """Issue 16: on normalized phantom slices (weak gradients almost everywhere) an inverted copy must score below an
+    unrelated image and below a blurred copy (the eps^2 in the dot product made it 0.64 vs 0.49 and 0.09)."""
+    import torch.nn.functional as F
+
+    from nnunet_unpaired.phantom import Anatomy, ModalityGeometry, render_case
+
+    fov = np.array([64.0, 64.0, 24.0])
+    geometry = ModalityGeometry((1.5, 1.5, 3.0), False)
+
+    def slice_of(seed, modality):
+        rng = np.random.default_rng(seed)
+        x, _, _ = render_case(Anatomy.sample(rng, fov), modality, fov, geometry, 3, rng)
+        z = x.shape[0] // 2
+        return torch.from_numpy((x[z] - x[z].mean()) / x[z].std())[None, None].float()
+
+    ct, unrelated = slice_of(0, "CT"), slice_of(1, "MR")
+    blurred = F.avg_pool2d(F.avg_pool2d(ct, 5, 1, 2, count_include_pad=False), 5, 1, 2, count_include_pad=False)
+    loss = ShapePreservationLoss()
+    inverted = loss(ct, -ct).item()
+    assert inverted == pytest.approx(0.0, abs=1e-6)
+    assert inverted + 0.05 < loss(ct, unrelated).item()
+    assert inverted + 0.01 < loss(ct, blurred).item()
+    assert loss(ct, -2.0 * ct + 1.0).item() < loss(ct, blurred).item()  # inverted and rescaled beats blurred
+
+
 def test_ngf_gradients_finite_and_bad_input():
     a = torch.randn(1, 1, 5, 5, requires_grad=True)
     ShapePreservationLoss()(a, torch.randn(1, 1, 5, 5)).backward()
