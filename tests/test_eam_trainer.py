@@ -167,6 +167,9 @@ def test_one_concatenated_forward_equals_two_passes(planned_pair, monkeypatch, c
 
 def test_concatenation_setting_and_modality_specific_norm(planned_pair, monkeypatch):
     _, env = planned_pair
+    assert not _trainer(env, monkeypatch, nnUNetTrainerUnpairedJoint, fold=0).concatenate_batches  # the default
+    monkeypatch.setenv("nnUNet_unpaired_concat_forward", "1")
+    assert _trainer(env, monkeypatch, nnUNetTrainerUnpairedJoint, fold=0).concatenate_batches
     monkeypatch.setenv("nnUNet_unpaired_concat_forward", "0")
     assert not _trainer(env, monkeypatch, nnUNetTrainerUnpairedJoint, fold=0).concatenate_batches
     monkeypatch.setenv("nnUNet_unpaired_concat_forward", "yes")
@@ -174,8 +177,9 @@ def test_concatenation_setting_and_modality_specific_norm(planned_pair, monkeypa
         _trainer(env, monkeypatch, nnUNetTrainerUnpairedJoint, fold=0)
     monkeypatch.delenv("nnUNet_unpaired_concat_forward")
     ummkd = _started(env, monkeypatch, nnUNetTrainerUMMKD, fold=0)  # B has its own norm parameters: two passes
+    ummkd.concatenate_batches = True
     x = torch.zeros(2, 1, *ummkd.configuration_manager.patch_size)
-    assert ummkd.concatenate_batches and not ummkd.concatenates_batches(x, x)
+    assert not ummkd.concatenates_batches(x, x)
 
 
 def _batch_on(trainer, batch):

@@ -75,8 +75,9 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
     #: give modality B its own affine normalization parameters (shared kernels), as in Dou et al. 2020
     modality_specific_norm: bool = False
     #: one forward over the concatenated A+B batch where A and B share every parameter (joint, EAM); issue 14 item 5.
-    #: Environment: nnUNet_unpaired_concat_forward=0 turns it off (two passes, as before).
-    concatenate_batches: bool = True
+    #: Off by default: on the CPU it measured 1.40 x SLOWER than two passes (benchmarks/joint_forward.py,
+    #: docs/benchmarks.md); on a GPU it is not measured yet. Environment: nnUNet_unpaired_concat_forward=1 turns it on.
+    concatenate_batches: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
