@@ -62,3 +62,15 @@ def planned_pair(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("planned_pair")
     return root, make_planned_pair(root, num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow (end-to-end) tests first, the rest after, each file's tests kept together and in order.
+
+    ``scripts/test.sh`` runs the suite on two workers (pytest-xdist, ``--dist loadfile``: a file's tests and its
+    module fixtures stay on one worker). The workers take files in this order, so starting with the long ones keeps
+    one worker from finishing a long file alone at the end (longest first is the classic rule for two machines).
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    order = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (item.path not in slow_files, order[item.path]))

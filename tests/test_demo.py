@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     exe = Path(sys.executable).parent / "nnunet_unpaired"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}  # the demo sets up its own folders
-    env.update(nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
+    # nnU-Net's final validation is not part of what the demo shows (test Dice); tested in test_e2e_joint
+    env.update(nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", nnUNet_unpaired_skip_final_validation="1")
     proc = subprocess.run([str(exe), "demo", "--work-dir", str(tmp_path / "demo"), "--epochs", "1", "--iters", "3",
                            "--num-train", "5", "--num-test", "1", "--max-features", "8", "--batch-size", "2",
                            "--device", "cpu"], env=env, capture_output=True, text=True, timeout=900)

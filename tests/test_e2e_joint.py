@@ -88,7 +88,9 @@ def test_predict_each_modality(trained, which, tmp_path):
 def test_continue_and_validate_again(trained):
     _, env, _ = trained
     more = dict(env, nnUNet_unpaired_epochs="5", nnUNet_n_proc_DA="0")
-    proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--c"], more)
+    # the continued run skips its final validation: the --val run below does exactly that one
+    proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--c"],
+               dict(more, nnUNet_unpaired_skip_final_validation="1"))
     assert "Epoch 4" in proc.stdout and "Epoch 3\n" not in proc.stdout
     proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--val"], more)
     assert f"Final validation of {NAMES[1]} (B)" in proc.stdout

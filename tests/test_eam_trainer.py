@@ -200,6 +200,7 @@ def test_ummkd_step_has_kd_term_and_own_norms(planned_pair, monkeypatch):
 @pytest.mark.slow
 def test_eam_end_to_end_train_and_predict_both(planned_pair, tmp_path):
     root, env = planned_pair
+    env = dict(env, nnUNet_unpaired_skip_final_validation="1")  # nnU-Net's final validation: tested in test_e2e_joint
     run(["nnUNetv2_train", str(IDS[0]), "2d", "3", "-tr", "nnUNetTrainerEAM", "-device", "cpu"], env, 900)
     for which, name in enumerate(NAMES):
         folder = Path(env["nnUNet_results"]) / name / "nnUNetTrainerEAM__nnUNetPlans__2d" / "fold_3"

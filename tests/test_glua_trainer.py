@@ -295,7 +295,7 @@ def test_registry_entries():
 def test_end_to_end_stage1_stage2_predict_target_and_translate(planned_pair, tmp_path):
     root, env = planned_pair
     fold = "1"
-    env = dict(env, nnUNet_unpaired_epochs="1", nnUNet_unpaired_iters="3")
+    env = dict(env, nnUNet_unpaired_epochs="1", nnUNet_unpaired_iters="3", nnUNet_unpaired_skip_final_validation="1")
     run(["nnUNetv2_train", str(IDS[0]), CONFIG, fold, "-tr", "nnUNetTrainerGLUAStyle", "-device", "cpu"], env)
     proc = run(["nnUNetv2_train", str(IDS[0]), CONFIG, fold, "-tr", "nnUNetTrainerGLUA", "-device", "cpu"], env)
     assert "style generator loaded from" in proc.stdout

@@ -53,6 +53,7 @@ def test_both_preprocessed_with_own_dataset_json(planned):
         assert ds["channel_names"]["0"] == ("CT" if name == NAMES[0] else "MR")
 
 
+@pytest.mark.slow
 def test_rerun_is_safe_and_raw_untouched(planned, monkeypatch):
     root, env = planned
     raw_before = {p: p.stat().st_mtime_ns for p in (root / "nnUNet_raw").rglob("*") if p.is_file()}
@@ -131,6 +132,7 @@ def test_refuses_missing_dataset_and_same_dataset(planned, tmp_path, monkeypatch
         plan_pair(str(IDS[0]), NAMES[0], ["2d"], log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_refuses_unknown_configuration(planned, tmp_path, monkeypatch):
     root, _ = planned
     _env(monkeypatch, tmp_path, _copy_raw(root, tmp_path))

@@ -32,6 +32,7 @@ def test_env_command_prints_a_working_export_line(capsys):
     assert ext_trainer_folder() in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["nnUNetTrainerUnpairedJoint", "nnUNetTrainerUnpairedJointModalityNorm",
                                   "nnUNetTrainerVanilla"])
 def test_nnunet_lookup_finds_trainers_through_the_variable(name):

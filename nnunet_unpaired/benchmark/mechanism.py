@@ -102,7 +102,8 @@ def _collect(model_folder: Path, fold: str, raw: Path, stage: int, device: str, 
 
     predictor = nnUNetPredictor(device=torch.device(device), perform_everything_on_device=False, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), (int(fold) if fold.isdigit() else fold,))
+    # nnU-Net's trainer output folder is the parent of fold_X (it holds plans.json and dataset.json)
+    predictor.initialize_from_trained_model_folder(str(model_folder.parent), (int(fold) if fold.isdigit() else fold,))
     network = predictor.network.to(device).eval()
     cm, pm = predictor.configuration_manager, predictor.plans_manager
     num_classes = pm.get_label_manager(predictor.dataset_json).num_segmentation_heads
