@@ -18,7 +18,7 @@ NAMES = (dataset_folder_name(IDS[0], "CT"), dataset_folder_name(IDS[1], "MR"))
 SMALL = dict(field_of_view_mm=(64.0, 64.0, 24.0), ct=ModalityGeometry((2.0, 2.0, 3.0), False),
              mr=ModalityGeometry((2.4, 2.4, 4.0), True))
 
-TINY_BUDGET = {"nnUNet_unpaired_epochs": "2", "nnUNet_unpaired_iters": "4", "nnUNet_unpaired_val_iters": "1",
+TINY_BUDGET = {"nnUNet_unpaired_seed": "0", "nnUNet_unpaired_epochs": "2", "nnUNet_unpaired_iters": "4", "nnUNet_unpaired_val_iters": "1",
                "nnUNet_unpaired_no_mirroring": "1", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
                "nnUNet_compile": "false", "PYTHONUNBUFFERED": "1"}
 

@@ -314,7 +314,7 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "## Paired differences with 95% intervals" in summary and "Δ vs vanilla [95% interval]" in summary
     mechanism = json.loads((setting / "seed_0" / "mechanism" / "joint__fold_0.json").read_text())
     assert -1.0 <= mechanism["agreement"] <= 1.0 and 0.0 <= mechanism["probe_a_to_b"] <= 1.0
-    assert mechanism["stage"] == -2 and mechanism["cases"] == [4, 4]
+    assert mechanism["stage"] == -2 and mechanism["cases"] == [2, 2]  # the test cases of each modality
     assert "#### Mechanism: class features shared across modalities" in summary
     assert f"{mechanism['agreement']:.3f}" in summary
     lines.clear()

@@ -281,11 +281,13 @@ def test_settings_from_environment_are_checked_and_recorded(planned_pair, monkey
 def test_registry_entries():
     methods = registry.load_all()
     expected = {"source-only": "nnUNetTrainerSourceOnly", "glua": "nnUNetTrainerGLUA",
-                "glua-global": "nnUNetTrainerGLUAGlobalOnly", "glua-local": "nnUNetTrainerGLUALocalOnly"}
+                "glua-global": "nnUNetTrainerGLUAGlobalOnly", "glua-local": "nnUNetTrainerGLUALocalOnly",
+                "glua-unmasked": "nnUNetTrainerGLUAUnmasked", "glua-local-unmasked": "nnUNetTrainerGLUALocalOnlyUnmasked"}
     for name, trainer in expected.items():
         assert methods[name].trainer == trainer and methods[name].kind == "uda"
     assert glua.PREREQUISITES == {"nnUNetTrainerGLUA": "nnUNetTrainerGLUAStyle",
-                                  "nnUNetTrainerGLUAGlobalOnly": "nnUNetTrainerGLUAStyle"}
+                                  "nnUNetTrainerGLUAGlobalOnly": "nnUNetTrainerGLUAStyle",
+                                  "nnUNetTrainerGLUAUnmasked": "nnUNetTrainerGLUAStyle"}
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -335,3 +337,23 @@ def test_translate_refuses_missing_model(planned_pair, tmp_path):
         set_env(env, monkeypatch)
         assert main(["translate", "-d", str(IDS[0]), "-c", CONFIG, "-f", "3", "-o", str(tmp_path)]) == 2
         assert main(["translate", "--checkpoint-file", str(tmp_path / "x.pth"), "-o", str(tmp_path)]) != 0
+
+
+def test_mask_ablations_turn_only_the_focusing_off():
+    """Issue 16 item 5: GLUA and local-only, each also with the gap mask's focusing off (gamma 0), as methods."""
+    from nnunet_unpaired.benchmark.registry import get
+    from nnunet_unpaired.modules.local_alignment import gap_mask
+    from nnunet_unpaired.training import glua, interface
+
+    full, local = glua.nnUNetTrainerGLUA, glua.nnUNetTrainerGLUALocalOnly
+    for cls, parent in ((glua.nnUNetTrainerGLUAUnmasked, full), (glua.nnUNetTrainerGLUALocalOnlyUnmasked, local)):
+        assert cls.mask_gamma == 0.0 and parent.mask_gamma > 0
+        assert (cls.use_global, cls.use_local) == (parent.use_global, parent.use_local)
+        assert cls.__name__ in interface.USES_TARGET_IMAGES
+    assert interface.PREREQUISITES["nnUNetTrainerGLUAUnmasked"] == interface.GLUA_STYLE_TRAINER
+    assert "nnUNetTrainerGLUALocalOnlyUnmasked" not in interface.PREREQUISITES  # no style transfer, no stage 1
+    assert get("glua-unmasked").trainer == "nnUNetTrainerGLUAUnmasked"
+    assert get("glua-local-unmasked").trainer == "nnUNetTrainerGLUALocalOnlyUnmasked"
+    logits = torch.randn(2, 1, 4, 4)
+    assert torch.equal(gap_mask(logits, 0.0), torch.ones_like(logits))
+    assert not torch.allclose(gap_mask(logits, 1.0), torch.ones_like(logits))

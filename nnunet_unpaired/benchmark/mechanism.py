@@ -100,10 +100,22 @@ def _collect(model_folder: Path, fold: str, raw: Path, stage: int, device: str, 
     from nnunet_unpaired.modules.external_attention import labels_to_grid
     from nnunet_unpaired.modules.local_alignment import DecoderFeatureTap
 
+    from nnunet_unpaired.registration import ENV_VAR, env_with_trainers
+
     predictor = nnUNetPredictor(device=torch.device(device), perform_everything_on_device=False, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
-    # nnU-Net's trainer output folder is the parent of fold_X (it holds plans.json and dataset.json)
-    predictor.initialize_from_trained_model_folder(str(model_folder.parent), (int(fold) if fold.isdigit() else fold,))
+    # nnU-Net's trainer output folder is the parent of fold_X (it holds plans.json and dataset.json); the predictor
+    # looks the trainer class up by name, so this process needs our trainers folder in nnUNet_extTrainer for the call
+    before = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = env_with_trainers()[ENV_VAR]
+    try:
+        predictor.initialize_from_trained_model_folder(str(model_folder.parent),
+                                                       (int(fold) if fold.isdigit() else fold,))
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
     network = predictor.network.to(device).eval()
     cm, pm = predictor.configuration_manager, predictor.plans_manager
     num_classes = pm.get_label_manager(predictor.dataset_json).num_segmentation_heads

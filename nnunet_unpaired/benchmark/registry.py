@@ -68,6 +68,12 @@ METHODS: Tuple[Method, ...] = (
            baselines=(BASELINE, "source-only")),
     Method("glua-local", "nnUNetTrainerGLUALocalOnly", "uda",
            "GLUA ablation: gap-masked local feature alignment only", baselines=(BASELINE, "source-only")),
+    Method("glua-unmasked", "nnUNetTrainerGLUAUnmasked", "uda",
+           "GLUA ablation: global + local alignment with the gap mask's focusing off (gamma 0)",
+           baselines=(BASELINE, "source-only")),
+    Method("glua-local-unmasked", "nnUNetTrainerGLUALocalOnlyUnmasked", "uda",
+           "GLUA ablation: local feature alignment only, without the gap mask's focusing (gamma 0)",
+           baselines=(BASELINE, "source-only")),
     Method("cmc", "nnUNetTrainerCMC", "semi",
            "semi-supervised cross-modality collaboration: shared encoder, bottleneck fusion, CSC + CAC on "
            "unlabelled cases; predicts from one modality", baselines=_PAIR),

@@ -251,5 +251,18 @@ class nnUNetTrainerGLUALocalOnly(nnUNetTrainerGLUA):
     use_global = False
 
 
+class nnUNetTrainerGLUAUnmasked(nnUNetTrainerGLUA):
+    """Ablation: full GLUA with the local mask's focusing off (gamma 0: every location weighs the same), to separate
+    the gap mask from local alignment itself (issue 16)."""
+
+    mask_gamma = 0.0
+
+
+class nnUNetTrainerGLUALocalOnlyUnmasked(nnUNetTrainerGLUALocalOnly):
+    """Ablation: local alignment only, without the gap mask's focusing (gamma 0)."""
+
+    mask_gamma = 0.0
+
+
 #: stage-2 trainers -> the trainer that must have finished (same dataset, plans, configuration, fold) before them
 PREREQUISITES = interface.PREREQUISITES

@@ -22,7 +22,9 @@ GLUA_STYLE_TRAINER = "nnUNetTrainerGLUAStyle"
 PREREQUISITES: dict[str, str] = {
     "nnUNetTrainerGLUA": GLUA_STYLE_TRAINER,
     "nnUNetTrainerGLUAGlobalOnly": GLUA_STYLE_TRAINER,
+    "nnUNetTrainerGLUAUnmasked": GLUA_STYLE_TRAINER,
 }
 #: trainers that read the target dataset's IMAGES (never its labels) in their own training step
 USES_TARGET_IMAGES: frozenset[str] = frozenset({"nnUNetTrainerGLUA", "nnUNetTrainerGLUAGlobalOnly",
-                                                 "nnUNetTrainerGLUALocalOnly"})
+                                                 "nnUNetTrainerGLUALocalOnly", "nnUNetTrainerGLUAUnmasked",
+                                                 "nnUNetTrainerGLUALocalOnlyUnmasked"})
