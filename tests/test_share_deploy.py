@@ -228,7 +228,8 @@ def test_ensemble_of_plugin_and_stock_predictions(shared):
 # ------------------------------------------------------------------------------------ every trainer, in process
 EXPORTABLE = {"nnUNetTrainerUnpairedJoint", "nnUNetTrainerUnpairedJointModalityNorm", "nnUNetTrainerEAM",
               "nnUNetTrainerUMMKD", "nnUNetTrainerSourceOnly", "nnUNetTrainerGLUAStyle", "nnUNetTrainerGLUA",
-              "nnUNetTrainerGLUAGlobalOnly", "nnUNetTrainerGLUALocalOnly", "nnUNetTrainerVanilla"}
+              "nnUNetTrainerGLUAGlobalOnly", "nnUNetTrainerGLUALocalOnly", "nnUNetTrainerGLUAUnmasked",
+              "nnUNetTrainerGLUALocalOnlyUnmasked", "nnUNetTrainerVanilla"}
 REFUSED = {"nnUNetTrainerMAML": "MAMLNetwork", "nnUNetTrainerCMC": "CMCNetwork",
            "nnUNetTrainerCMCPublicForm": "CMCNetwork", "nnUNetTrainerCMCNoSelfFusion": "CMCNetwork"}
 
