@@ -31,8 +31,8 @@ def _spec(**changes) -> BenchmarkSpec:
     return BenchmarkSpec(**values)
 
 
-def _input(tmp_path: Path, log: list | None = None, **options) -> ExperimentInput:
-    methods = [registry.get("vanilla"), registry.get("maml")]
+def _input(tmp_path: Path, log: list | None = None, method_names=("vanilla", "maml"), **options) -> ExperimentInput:
+    methods = [registry.get(name) for name in method_names]
     defaults = dict(output=tmp_path, folds=("0",), device="cpu", predict_processes=(0, 0), plan_processes=1)
     defaults.update(options)
     result = tmp_path / "result"
@@ -317,3 +317,23 @@ def test_benchmark_with_maml_runs_only_the_experiment(tmp_path, fake):
     assert "| multichannel (MAML) | missing channel 2 (mod2) |" in text
     assert np.isclose(json.loads((result / "multichannel" / "steps" / "splits.json").read_text())
                       ["train_per_fold"][0], 4)
+
+
+def test_channel_dropout_baseline_is_trained_like_vanilla_and_fed_zero_filled_channels(tmp_path, fake):
+    """Issue 17: vanilla with training-time channel dropout competes with MAML on the same missing-channel inputs
+    vanilla gets (its deployed network is nnU-Net's plain one: no predict-missing)."""
+    inp = _input(tmp_path, method_names=("vanilla", "vanilla-dropout", "maml"))
+    (summary,) = multichannel.run_settings(inp)
+    root = inp.result / "multichannel"
+    trained = {c["trainer"] for c in fake.of("nnUNetv2_train") if c["dataset"] == "Dataset991_MultiChannelPhantom"}
+    assert trained == {"nnUNetTrainerVanilla", "nnUNetTrainerChannelDropout", "nnUNetTrainerMAML"}
+    assert {c["budget"] for c in fake.of("nnUNetv2_train")} == {("2", "3")}
+    for c in CHANNELS:
+        zero = [p["cmd"][p["cmd"].index("-tr") + 1] for p in fake.of("nnUNetv2_predict")
+                if p["input"] == root / "inputs" / f"zero_channel_{c}"]
+        assert sorted(zero) == ["nnUNetTrainerChannelDropout", "nnUNetTrainerVanilla"]
+    assert {p["cmd"][p["cmd"].index("-tr") + 1] for p in fake.of("predict-missing")} == {"nnUNetTrainerMAML"}
+    rows = report.read_csv(root / "report" / "results.csv")
+    assert {r["modality"] for r in rows if r["method"] == "vanilla-dropout"} == \
+        {"all channels"} | {f"missing channel {c} ({n})" for c, n in CHANNELS.items()}
+    assert "vanilla-dropout" in summary["headline"] and "| vanilla-dropout | 1 |" in summary["headline"]

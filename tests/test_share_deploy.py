@@ -229,7 +229,7 @@ def test_ensemble_of_plugin_and_stock_predictions(shared):
 EXPORTABLE = {"nnUNetTrainerUnpairedJoint", "nnUNetTrainerUnpairedJointModalityNorm", "nnUNetTrainerEAM",
               "nnUNetTrainerUMMKD", "nnUNetTrainerSourceOnly", "nnUNetTrainerGLUAStyle", "nnUNetTrainerGLUA",
               "nnUNetTrainerGLUAGlobalOnly", "nnUNetTrainerGLUALocalOnly", "nnUNetTrainerGLUAUnmasked",
-              "nnUNetTrainerGLUALocalOnlyUnmasked", "nnUNetTrainerVanilla"}
+              "nnUNetTrainerGLUALocalOnlyUnmasked", "nnUNetTrainerVanilla", "nnUNetTrainerChannelDropout"}
 REFUSED = {"nnUNetTrainerMAML": "MAMLNetwork", "nnUNetTrainerCMC": "CMCNetwork",
            "nnUNetTrainerCMCPublicForm": "CMCNetwork", "nnUNetTrainerCMCNoSelfFusion": "CMCNetwork"}
 

@@ -25,7 +25,8 @@ MAML: Zhang Y. et al., "Modality-aware Mutual Learning for Multi-modal Medical I
 
 In the report a "modality" is the test-time input (``all channels``, ``missing channel c (name)``). Methods:
 ``vanilla`` is the model trained on all channels; in the rows of a missing channel it is that model fed the
-zero-filled channel, so the paired tests compare MAML with exactly that. ``vanilla-retrained`` is the vanilla model
+zero-filled channel, so the paired tests compare MAML with exactly that. ``vanilla-dropout``
+(``nnUNetTrainerChannelDropout``, trained with random channel dropout) is fed the same zero-filled inputs. ``vanilla-retrained`` is the vanilla model
 trained without the missing channel (one model per channel; its training cost is the sum of those runs).
 
 Raw data is never written: the derived datasets and test inputs link to the source files (zero-filled images are new
@@ -62,6 +63,7 @@ from nnunet_unpaired.benchmark.steps import run_step, tool, write_json_atomic
 from nnunet_unpaired.benchmark.summary import setting_summary
 from nnunet_unpaired.benchmark.training_runs import train_run
 from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.training import interface
 
 SETTING = "multichannel"
 PHANTOM_ID = 991
@@ -452,7 +454,7 @@ def run_fold(ctx: Context, methods: Sequence[Method], source: Dataset, derived: 
                                   fold)
         for c in names:
             others_available = [k for k in names if k != c]
-            if method is vanilla:  # the all-channel model, channel c zero-filled
+            if method is vanilla or method.trainer in interface.ZERO_FILLED_TRAINERS:  # plain network: zero-filled
                 images, key = condition_inputs(ctx, source, c, "zero"), f"zero_filled_channel_{c}"
                 out = ctx.run_root / "predictions" / method.name / key / f"fold_{fold}"
                 predict_inputs(ctx, f"predict__{method.name}__{key}__fold_{fold}", method, source, images, out, fold)
@@ -540,8 +542,11 @@ def headline(ctx: Context, methods: Sequence[Method], rows: Sequence[Mapping], c
         values = [float(r[key]) for r in by_method.get(method, []) if r.get(key) is not None]
         return sum(values) / len(values) if values else math.nan
 
+    trainers = {m.name: m.trainer for m in methods}
+
     def missing_inference(method: str) -> float:
-        prefix = "zero_filled" if method == BASELINE else "missing"
+        zero_filled = method == BASELINE or trainers.get(method) in interface.ZERO_FILLED_TRAINERS
+        prefix = "zero_filled" if zero_filled else "missing"
         markers = [m for m in _markers(ctx, f"predict__{method}__{prefix}_channel_")]
         cases = sum(int(m["cases"]) for m in markers)
         return sum(float(m["wall_seconds"]) for m in markers) / cases if cases else math.nan

@@ -54,6 +54,9 @@ METHODS: Tuple[Method, ...] = (
            baselines=_PAIR),
     Method("ummkd", "nnUNetTrainerUMMKD", "unpaired",
            "shared kernels, modality-specific normalization, class-wise KD (Dou et al. 2020)", baselines=_PAIR),
+    Method("vanilla-dropout", "nnUNetTrainerChannelDropout", "multichannel",
+           "vanilla nnU-Net trained with random channel dropout (p 0.5, one channel always kept); a missing channel "
+           "is fed zero-filled, as to vanilla"),
     Method("maml", "nnUNetTrainerMAML", "multichannel",
            "modality-aware mutual learning on a paired multi-channel dataset, robust to missing channels",
            baselines=(BASELINE,)),

@@ -24,6 +24,9 @@ PREREQUISITES: dict[str, str] = {
     "nnUNetTrainerGLUAGlobalOnly": GLUA_STYLE_TRAINER,
     "nnUNetTrainerGLUAUnmasked": GLUA_STYLE_TRAINER,
 }
+#: multi-channel trainers whose deployed network is nnU-Net's plain one: a missing channel is given to them as an
+#: all-zero image (they have no missing-channel prediction of their own)
+ZERO_FILLED_TRAINERS: frozenset[str] = frozenset({"nnUNetTrainerVanilla", "nnUNetTrainerChannelDropout"})
 #: trainers that read the target dataset's IMAGES (never its labels) in their own training step
 USES_TARGET_IMAGES: frozenset[str] = frozenset({"nnUNetTrainerGLUA", "nnUNetTrainerGLUAGlobalOnly",
                                                  "nnUNetTrainerGLUALocalOnly", "nnUNetTrainerGLUAUnmasked",

@@ -1,0 +1,1 @@
+from nnunet_unpaired.training.channel_dropout import nnUNetTrainerChannelDropout  # noqa: F401
