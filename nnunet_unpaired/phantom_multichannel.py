@@ -8,7 +8,15 @@ Made for MAML (Zhang et al., MICCAI 2021, arXiv 2107.09842) and its tests: every
 - structure ``shared`` (label C + 1) is visible in every channel.
 
 So a single channel shows two of the C + 1 structures, all channels together show everything, and deleting channel c
-at inference makes structure c undetectable (its Dice drops to about 0) while the others stay findable.
+at inference makes structure c undetectable (its Dice drops to about 0) while the others stay findable. That is the
+``exclusive`` layout (the default of :func:`write_multichannel_phantom`), a stress case: with a channel missing the
+ceiling is C of the C + 1 structures, and nothing can compensate.
+
+The ``redundant`` layout (issue 17; the benchmark's default) makes a missing channel compensable: structure
+``<channel c>`` (label c + 1) is visible STRONGLY in channel c and WEAKLY (half the contrast, about 2.5 noise standard
+deviations) in channel c + 1 (mod C), and ``shared`` in every channel. A model that learned to use the weak
+appearance can still find every structure with any one channel missing; one that relies on the strong one only
+cannot.
 
 Intensities are MR-like (air 0, tissue level per channel, Gaussian noise); the channel names are not "CT", so nnU-Net
 normalizes each channel by its own z-score. Everything is drawn from a fixed seed; case i depends only on (seed, i).
@@ -37,14 +45,28 @@ def default_channel_names(num_channels: int) -> List[str]:
     return [f"mod{c}" for c in range(num_channels)]
 
 
-def visibility(num_channels: int) -> np.ndarray:
-    """Boolean (C + 1, C) matrix: entry [s, c] is True when structure s (label s + 1) is visible in channel c."""
+LAYOUTS = ("exclusive", "redundant")
+WEAK = 0.5  # contrast of a structure's weak appearance (redundant layout), relative to its strong one
+
+
+def contrast_strength(num_channels: int, layout: str = "exclusive") -> np.ndarray:
+    """Float (C + 1, C) matrix: entry [s, c] is the contrast of structure s (label s + 1) in channel c relative to
+    its full contrast (1 strong, :data:`WEAK` weak, 0 invisible); see the module docstring for the layouts."""
     if num_channels < 2:
         raise ValueError(f"a multi-channel phantom needs at least 2 channels, got {num_channels}")
-    matrix = np.zeros((num_channels + 1, num_channels), dtype=bool)
-    matrix[np.arange(num_channels), np.arange(num_channels)] = True
-    matrix[num_channels] = True
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    matrix = np.zeros((num_channels + 1, num_channels), dtype=np.float64)
+    matrix[np.arange(num_channels), np.arange(num_channels)] = 1.0
+    if layout == "redundant":
+        matrix[np.arange(num_channels), (np.arange(num_channels) + 1) % num_channels] = WEAK
+    matrix[num_channels] = 1.0
     return matrix
+
+
+def visibility(num_channels: int, layout: str = "exclusive") -> np.ndarray:
+    """Boolean (C + 1, C) matrix: entry [s, c] is True when structure s (label s + 1) is visible in channel c."""
+    return contrast_strength(num_channels, layout) > 0
 
 
 def _ellipsoid(shape: Tuple[int, int, int], center: Sequence[float], radii: Sequence[float]) -> np.ndarray:
@@ -52,7 +74,7 @@ def _ellipsoid(shape: Tuple[int, int, int], center: Sequence[float], radii: Sequ
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii)) <= 1.0
 
 
-def make_case(rng: np.random.Generator, shape: Tuple[int, int, int], num_channels: int
+def make_case(rng: np.random.Generator, shape: Tuple[int, int, int], num_channels: int, layout: str = "exclusive"
               ) -> Tuple[np.ndarray, np.ndarray]:
     """One case: images (C, D, H, W) float32 and labels (D, H, W) uint8; see the module docstring."""
     depth, height, width = shape
@@ -76,18 +98,18 @@ def make_case(rng: np.random.Generator, shape: Tuple[int, int, int], num_channel
         z_center = depth / 2 - 0.5 + rng.uniform(-0.1, 0.1) * depth
         mask = _ellipsoid(shape, (z_center, *center), (max(depth * 0.75, 1.0), radius, radius)) & body
         labels[mask & (labels == 0)] = structure + 1
-    seen = visibility(num_channels)
+    strength = contrast_strength(num_channels, layout)
     images = np.zeros((num_channels, *shape), dtype=np.float32)
     for c in range(num_channels):
         tissue = (100.0 + 15.0 * c) * rng.uniform(0.9, 1.1)
         image = np.where(body, tissue, 0.0)
         for structure in range(num_channels + 1):
-            if seen[structure, c]:
+            if strength[structure, c] > 0:
                 if structure == num_channels:
                     contrast = CONTRAST_SHARED
                 else:
                     contrast = CONTRAST_BRIGHT if structure % 2 == 0 else CONTRAST_DARK
-                image = np.where(labels == structure + 1, tissue + contrast, image)
+                image = np.where(labels == structure + 1, tissue + strength[structure, c] * contrast, image)
         image = image + body * rng.normal(0.0, NOISE, shape)
         images[c] = image.astype(np.float32)
     return images, labels
@@ -102,7 +124,8 @@ def _write(array: np.ndarray, path: Path, spacing_zyx: Sequence[float]) -> None:
 def write_multichannel_phantom(raw_root: Union[str, Path], dataset_id: int = 991, name: str = "MultiChannelPhantom",
                                num_cases: int = 6, shape: Sequence[int] = (4, 64, 64), num_channels: int = 3,
                                seed: int = 0, num_test_cases: int = 0, spacing: Sequence[float] = (3.0, 1.0, 1.0),
-                               channel_names: Optional[Sequence[str]] = None, overwrite: bool = False) -> Path:
+                               channel_names: Optional[Sequence[str]] = None, overwrite: bool = False,
+                               layout: str = "exclusive") -> Path:
     """Write ``DatasetXXX_<name>`` into ``raw_root`` (nnU-Net raw format) and return its folder.
 
     Args:
@@ -118,6 +141,8 @@ def write_multichannel_phantom(raw_root: Union[str, Path], dataset_id: int = 991
         channel_names: names for dataset.json (default ``mod0``, ``mod1``, ...; avoid "CT", which changes nnU-Net's
             normalization).
         overwrite: replace an existing folder of the same name.
+        layout: ``exclusive`` (structure c in channel c only; the stress case) or ``redundant`` (strong in channel c,
+            weak in channel c + 1: a missing channel can be compensated); see the module docstring.
 
     Raises:
         ValueError: bad sizes or fewer than 2 channels. UserError: the folder exists and ``overwrite`` is False.
@@ -131,6 +156,8 @@ def write_multichannel_phantom(raw_root: Union[str, Path], dataset_id: int = 991
         raise ValueError(f"shape must be (slices >= 1, height >= 24, width >= 24), got {shape}")
     if not 1 <= dataset_id <= 999:
         raise ValueError(f"dataset_id must be between 1 and 999, got {dataset_id}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     names = list(channel_names) if channel_names is not None else default_channel_names(num_channels)
     if len(names) != num_channels:
         raise ValueError(f"{len(names)} channel names given for {num_channels} channels")
@@ -147,13 +174,14 @@ def write_multichannel_phantom(raw_root: Union[str, Path], dataset_id: int = 991
         (folder / labels_dir).mkdir(parents=True)
         for i in indices:
             case = f"{name}_{offset + i:06d}"
-            images, labels = make_case(np.random.default_rng([seed, offset + i]), shape, num_channels)
+            images, labels = make_case(np.random.default_rng([seed, offset + i]), shape, num_channels, layout)
             for c in range(num_channels):
                 _write(images[c], folder / images_dir / f"{case}_{c:04d}.nii.gz", spacing)
             _write(labels, folder / labels_dir / f"{case}.nii.gz", spacing)
     label_names: Dict[str, int] = {"background": 0}
+    prefix = "only_" if layout == "exclusive" else "strong_in_"
     for c, channel in enumerate(names):
-        label_names[f"only_{channel}"] = c + 1
+        label_names[f"{prefix}{channel}"] = c + 1
     label_names["shared"] = num_channels + 1
     dataset_json = {
         "channel_names": {str(c): n for c, n in enumerate(names)},
@@ -161,11 +189,15 @@ def write_multichannel_phantom(raw_root: Union[str, Path], dataset_id: int = 991
         "numTraining": num_cases,
         "file_ending": ".nii.gz",
         "name": name,
-        "description": "nnunet_unpaired synthetic paired multi-channel phantom: structure only_<c> is visible in "
-                       "channel c only, 'shared' in every channel",
-        "phantom": {"seed": seed, "shape": list(shape), "spacing": list(spacing),
+        "description": ("nnunet_unpaired synthetic paired multi-channel phantom: structure only_<c> is visible in "
+                        "channel c only, 'shared' in every channel" if layout == "exclusive" else
+                        "nnunet_unpaired synthetic paired multi-channel phantom: structure strong_in_<c> is visible "
+                        "strongly in channel c and weakly in channel c + 1, 'shared' in every channel"),
+        "phantom": {"seed": seed, "shape": list(shape), "spacing": list(spacing), "layout": layout,
                     "visible_in_channels": {n: np.flatnonzero(row).tolist()
-                                            for n, row in zip(list(label_names)[1:], visibility(num_channels))}},
+                                            for n, row in zip(list(label_names)[1:], visibility(num_channels, layout))},
+                    "contrast_in_channels": {n: row.tolist() for n, row in zip(
+                        list(label_names)[1:], contrast_strength(num_channels, layout))}},
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder

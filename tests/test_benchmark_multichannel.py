@@ -337,3 +337,14 @@ def test_channel_dropout_baseline_is_trained_like_vanilla_and_fed_zero_filled_ch
     assert {r["modality"] for r in rows if r["method"] == "vanilla-dropout"} == \
         {"all channels"} | {f"missing channel {c} ({n})" for c, n in CHANNELS.items()}
     assert "vanilla-dropout" in summary["headline"] and "| vanilla-dropout | 1 |" in summary["headline"]
+
+
+@pytest.mark.parametrize("layout, first_label", [("redundant", "strong_in_mod0"), ("exclusive", "only_mod0")])
+def test_phantom_layout_comes_from_the_option(tmp_path, fake, layout, first_label):
+    inp = _input(tmp_path, multichannel_phantom=layout)
+    multichannel.run_settings(inp)
+    data = json.loads((inp.result / "phantom_multichannel_raw" / "Dataset991_MultiChannelPhantom" /
+                       "dataset.json").read_text())
+    assert data["phantom"]["layout"] == layout and list(data["labels"])[1] == first_label
+    marker = json.loads((inp.result / "steps" / "phantom_multichannel.json").read_text())
+    assert marker["layout"] == layout

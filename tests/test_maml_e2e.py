@@ -47,6 +47,35 @@ def test_phantom_structures_are_visible_only_in_their_channels():
                 assert contrast < NOISE / 3, (structure, c, contrast)  # same intensity as the tissue around it
 
 
+def test_redundant_phantom_shows_each_structure_strongly_in_one_channel_and_weakly_in_the_next(tmp_path):
+    """Issue 17: a layout in which a missing channel can be compensated (the exclusive one stays the stress case)."""
+    from nnunet_unpaired.phantom_multichannel import WEAK, contrast_strength
+
+    strength = contrast_strength(3, "redundant")
+    assert strength.tolist() == [[1.0, WEAK, 0.0], [0.0, 1.0, WEAK], [WEAK, 0.0, 1.0], [1.0, 1.0, 1.0]]
+    assert (visibility(3, "redundant").sum(1) >= 2).all()  # any one channel missing: every structure still visible
+    images, labels = make_case(np.random.default_rng([0, 0]), (4, 48, 48), 3, "redundant")
+    body = images[0] != 0
+    for c in range(3):
+        tissue = images[c][body & (labels == 0)].mean()
+        for structure in range(4):
+            contrast = abs(images[c][labels == structure + 1].mean() - tissue)
+            if strength[structure, c] == 1.0:
+                assert contrast > 3 * NOISE, (structure, c, contrast)
+            elif strength[structure, c] == WEAK:
+                assert 1.5 * NOISE < contrast < 3 * NOISE, (structure, c, contrast)  # weak, but above the noise
+            else:
+                assert contrast < NOISE / 3, (structure, c, contrast)
+    folder = write_multichannel_phantom(tmp_path, num_cases=1, num_channels=3, layout="redundant")
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "strong_in_mod0": 1, "strong_in_mod1": 2, "strong_in_mod2": 3,
+                                 "shared": 4}
+    assert dataset["phantom"]["layout"] == "redundant"
+    assert dataset["phantom"]["visible_in_channels"]["strong_in_mod2"] == [0, 2]
+    with pytest.raises(ValueError, match="layout"):
+        write_multichannel_phantom(tmp_path / "x", num_cases=1, layout="other")
+
+
 def test_phantom_writes_an_nnunet_raw_dataset_deterministically(tmp_path):
     folder = write_multichannel_phantom(tmp_path, 7, "P", num_cases=2, shape=(2, 32, 32), num_channels=2, seed=3,
                                         num_test_cases=1)

@@ -76,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multichannel-dataset", default=none,
                         help="multichannel methods (maml): a raw multi-channel dataset in $nnUNet_raw (id or name) "
                              "with imagesTs/labelsTs; default: the built-in multi-channel phantom")
+    parser.add_argument("--multichannel-phantom", choices=("redundant", "exclusive"), default="redundant",
+                        help="layout of the built-in multi-channel phantom: redundant (each structure strong in one "
+                             "channel, weak in the next: a missing channel can be compensated; default) or exclusive "
+                             "(each structure in one channel only: the stress case)")
     parser.add_argument("--output", default="nnunet_unpaired_benchmarks",
                         help="folder for results; each benchmark gets <A>__<B>__<configuration>__<date> inside")
     parser.add_argument("--date", default=none,
@@ -127,7 +131,8 @@ def build(args: argparse.Namespace):
                          uda_directions=tuple(dict.fromkeys(args.uda_directions)),
                          semi_percent=tuple(dict.fromkeys(args.semi_labelled)),
                          semi_misaligned=not args.no_semi_misaligned,
-                         multichannel_dataset=args.multichannel_dataset, mechanism=not args.no_mechanism)
+                         multichannel_dataset=args.multichannel_dataset, mechanism=not args.no_mechanism,
+                         multichannel_phantom=args.multichannel_phantom)
     if any(not 0 < p < 100 for p in options.semi_percent):
         raise UserError(f"--semi-labelled takes percentages between 0 and 100 (exclusive), got "
                         f"{' '.join(map(str, options.semi_percent))}")

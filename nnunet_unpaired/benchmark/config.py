@@ -137,6 +137,9 @@ class RunOptions:
     semi_percent: tuple[int, ...] = (10, 20)  # semi: share of labelled training cases per modality, in percent
     semi_misaligned: bool = True  # semi: also each share with modality B spatially misaligned
     multichannel_dataset: str | None = None  # multichannel: the user's raw multi-channel dataset; None: the phantom
+    #: multichannel: the phantom's layout (phantom_multichannel.LAYOUTS): "redundant" (a missing channel can be
+    #: compensated) or "exclusive" (the stress case)
+    multichannel_phantom: str = "redundant"
 
 
 @dataclass(frozen=True)

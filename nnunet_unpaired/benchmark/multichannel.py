@@ -160,11 +160,12 @@ def check_dataset(dataset: Dataset) -> dict[int, str]:
 
 def phantom_parameters(inp: ExperimentInput) -> dict:
     """What the multi-channel phantom is made of: the pair phantom's case counts (``--num-train``/``--num-test``),
-    its CT geometry, three channels, a fixed seed."""
+    its CT geometry, three channels, a fixed seed, the layout of ``--multichannel-phantom``."""
     counts = inp.spec.phantom or {}
     return {"dataset_id": PHANTOM_ID, "name": PHANTOM_NAME, "num_cases": int(counts.get("num_train", 10)),
             "num_test_cases": int(counts.get("num_test", 4)), "shape": list(PHANTOM_SHAPE),
-            "spacing": list(PHANTOM_SPACING), "num_channels": PHANTOM_CHANNELS, "seed": PHANTOM_SEED}
+            "spacing": list(PHANTOM_SPACING), "num_channels": PHANTOM_CHANNELS, "seed": PHANTOM_SEED,
+            "layout": inp.options.multichannel_phantom}
 
 
 def prepare_dataset(inp: ExperimentInput) -> tuple[Dataset, dict | None]:
