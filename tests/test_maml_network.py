@@ -66,6 +66,12 @@ def test_peers_are_single_channel_unets_at_the_requested_width():
     assert scale_width({"features_per_stage": [32, 64], "stem_channels": None}, 0.25) == \
         {"features_per_stage": [8, 16], "stem_channels": None}
     assert scale_width({"features_per_stage": [3]}, 0.1)["features_per_stage"] == [1]
+    # a capped nnU-Net plan: the base is halved, the cap kept, as in the public code (issue 17)
+    plan = {"features_per_stage": [32, 64, 128, 256, 320, 320], "stem_channels": 32}
+    assert scale_width(plan, 0.5) == {"features_per_stage": [16, 32, 64, 128, 256, 320], "stem_channels": 16}
+    assert plan["features_per_stage"] == [32, 64, 128, 256, 320, 320]  # not modified
+    assert scale_width({"features_per_stage": [32, 48, 64]}, 0.5)["features_per_stage"] == [16, 24, 32]  # uniform
+    assert scale_width({"features_per_stage": [32, 64, 64]}, 2.0)["features_per_stage"] == [64, 128, 128]
     with pytest.raises(ValueError, match="width_factor must be positive"):
         scale_width({}, 0)
 

@@ -54,8 +54,21 @@ Output = Union[torch.Tensor, List[torch.Tensor]]
 _WIDTH_KEYS = ("features_per_stage", "stem_channels", "bottleneck_channels")
 
 
+def _doubling_with_cap(features: Sequence[int]) -> bool:
+    """Whether ``features`` follow nnU-Net's planner: the base doubled per stage, capped at the last value."""
+    cap = max(features)
+    return all(f == min(features[0] * 2 ** i, cap) for i, f in enumerate(features))
+
+
 def scale_width(arch_kwargs: dict, width_factor: float) -> dict:
-    """A copy of nnU-Net ``arch_kwargs`` with every channel count times ``width_factor`` (rounded, at least 1)."""
+    """A copy of nnU-Net ``arch_kwargs`` with the channel counts scaled by ``width_factor`` (rounded, at least 1).
+
+    ``features_per_stage`` of a plan that doubles its base per stage up to a cap (nnU-Net's planner: 32, 64, ..., 320,
+    320) is scaled as the public MAML code (nnU-Net v1) scales it: the BASE times the factor, doubled per stage, the
+    cap kept (32..320 at 0.5 -> 16, 32, 64, 128, 256, 320), so a narrow peer keeps the plan's deep capacity. Scaling
+    every stage, the capped ones included, gave a 6-stage 3D peer about 7.8 M parameters against the public code's
+    16.6 M (issue 17). Other feature lists, widths above 1 and the other channel keys scale uniformly.
+    """
     if not width_factor > 0:
         raise ValueError(f"width_factor must be positive, got {width_factor}")
     scaled = deepcopy(arch_kwargs)
@@ -63,7 +76,11 @@ def scale_width(arch_kwargs: dict, width_factor: float) -> dict:
         value = scaled.get(key)
         if value is None:
             continue
-        if isinstance(value, (list, tuple)):
+        if key == "features_per_stage" and isinstance(value, (list, tuple)) and width_factor <= 1 and \
+                _doubling_with_cap(value):
+            base, cap = max(1, round(value[0] * width_factor)), max(value)
+            scaled[key] = [min(base * 2 ** i, cap) for i in range(len(value))]
+        elif isinstance(value, (list, tuple)):
             scaled[key] = [max(1, round(v * width_factor)) for v in value]
         else:
             scaled[key] = max(1, round(value * width_factor))
