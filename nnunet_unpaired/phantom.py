@@ -19,6 +19,12 @@ and the MR-like images a different orientation in their header (x and y axes fli
 so that a consumer that ignores the header gets the anatomy mirrored. Labels are computed at each modality's own
 voxel centres from the same physical definition, so image and label always agree.
 
+The MR-like contrast above (``mr_contrast="permuted"``, the default) reorders the structures' intensities against
+the CT-like ones; no monotone intensity mapping turns one into the other, which makes it a stress case for image
+translation. ``mr_contrast="inverted"`` (issue 16) gives the MR-like tissue ONE learnable change instead, a contrast
+inversion: MR = 800 - 2.5 CT for the body and every structure (body 700, organ_a 650, organ_b 725, wall 525,
+cavity 150), air dark in both. A translator that works must be able to learn it; it validates the pipeline.
+
 Everything is seeded: the same arguments always give bit-identical files.
 """
 
@@ -40,6 +46,9 @@ HELP = "write a synthetic CT-like + MR-like dataset pair in nnU-Net raw format"
 LABELS = {"background": 0, "organ_a": 1, "organ_b": 2, "wall": 3, "cavity": 4}
 CT_VALUES = {"air": -1000.0, "body": 40.0, 1: 60.0, 2: 30.0, 3: 110.0, 4: 260.0}
 MR_VALUES = {"air": 0.0, "body": 220.0, 1: 450.0, 2: 750.0, 3: 300.0, 4: 90.0}
+#: the "inverted" MR-like contrast: a decreasing linear function of the CT-like value for tissue, air stays dark
+MR_VALUES_INVERTED = {"air": 0.0, **{k: 800.0 - 2.5 * v for k, v in CT_VALUES.items() if k != "air"}}
+MR_CONTRASTS = {"permuted": MR_VALUES, "inverted": MR_VALUES_INVERTED}
 MARKER_KEY = "nnunet_unpaired"
 
 
@@ -62,6 +71,11 @@ class PhantomConfig:
     ct: ModalityGeometry = field(default_factory=lambda: ModalityGeometry((1.5, 1.5, 3.0), False))
     mr: ModalityGeometry = field(default_factory=lambda: ModalityGeometry((1.8, 1.8, 4.0), True))
     seed: int = 1234
+    mr_contrast: str = "permuted"  # or "inverted" (see the module docstring)
+
+    def __post_init__(self):
+        if self.mr_contrast not in MR_CONTRASTS:
+            raise UserError(f"mr_contrast must be one of {sorted(MR_CONTRASTS)}, got {self.mr_contrast!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -176,14 +190,14 @@ def _bias_field(points: np.ndarray, fov: np.ndarray, rng: np.random.Generator) -
 
 
 def render_case(anatomy: Anatomy, modality: str, fov: np.ndarray, geometry: ModalityGeometry, dim: int,
-                rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, Dict]:
+                rng: np.random.Generator, mr_contrast: str = "permuted") -> Tuple[np.ndarray, np.ndarray, Dict]:
     """Image (float32), label (uint8), both (z, y, x), and the header (spacing, origin, direction)."""
     from scipy.ndimage import gaussian_filter
 
     shape, origin, direction = grid_geometry(fov, geometry, dim)
     points = voxel_centres(shape, geometry.spacing, origin, direction)
     lab, body = anatomy.labels_at(points)
-    values = CT_VALUES if modality == "CT" else MR_VALUES
+    values = CT_VALUES if modality == "CT" else MR_CONTRASTS[mr_contrast]
     img = np.where(body, values["body"], values["air"]).astype(np.float64)
     for label in (1, 2, 3, 4):
         img[lab == label] = values[label]
@@ -260,7 +274,7 @@ def write_modality(raw_root: str, dataset_id: int, modality: str, config: Phanto
         for i in range(config.num_train + config.num_test):
             rng = np.random.default_rng([modality_seed, i])
             anatomy = Anatomy.sample(rng, fov)
-            img, lab, header = render_case(anatomy, modality, fov, geometry, config.dim, rng)
+            img, lab, header = render_case(anatomy, modality, fov, geometry, config.dim, rng, config.mr_contrast)
             split = "Tr" if i < config.num_train else "Ts"
             case = f"{prefix}_{i:03d}"
             _write_nifti(img, header, os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz"))
@@ -330,6 +344,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ct-spacing", type=float, nargs=3, default=[1.5, 1.5, 3.0], metavar=("X", "Y", "Z"))
     parser.add_argument("--mr-spacing", type=float, nargs=3, default=[1.8, 1.8, 4.0], metavar=("X", "Y", "Z"))
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--mr-contrast", choices=sorted(MR_CONTRASTS), default="permuted",
+                        help="MR-like contrast: permuted (structures reordered against CT; default, the stress case) "
+                             "or inverted (MR = 800 - 2.5 CT for tissue: one learnable change)")
     parser.add_argument("--output", default=None, help="raw data folder (default: $nnUNet_raw)")
 
 
@@ -339,6 +356,7 @@ def run(args) -> int:
         raise UserError("no output folder: set nnUNet_raw (export nnUNet_raw=/path/to/nnUNet_raw) or pass --output")
     config = PhantomConfig(num_train=args.num_train, num_test=args.num_test, dim=args.dim,
                            field_of_view_mm=tuple(args.fov), ct=ModalityGeometry(tuple(args.ct_spacing), False),
-                           mr=ModalityGeometry(tuple(args.mr_spacing), True), seed=args.seed)
+                           mr=ModalityGeometry(tuple(args.mr_spacing), True), seed=args.seed,
+                           mr_contrast=args.mr_contrast)
     write_phantom_pair(raw_root, tuple(args.ids), config)
     return 0

@@ -127,3 +127,39 @@ def test_cli_requires_output(monkeypatch, capsys):
     monkeypatch.delenv("nnUNet_raw", raising=False)
     assert main(["phantom"]) == 2
     assert "nnUNet_raw" in capsys.readouterr().err
+
+
+def test_inverted_mr_contrast_is_one_learnable_inversion_of_the_ct_contrast():
+    """Issue 16 item 4: a variant whose MR-like tissue contrast is a decreasing function of the CT-like one (the
+    permuted default reorders the structures, which no monotone mapping undoes)."""
+    import numpy as np
+
+    from nnunet_unpaired.phantom import (CT_VALUES, MR_VALUES, MR_VALUES_INVERTED, Anatomy, ModalityGeometry,
+                                         PhantomConfig, render_case)
+
+    tissue = ["body", 1, 2, 3, 4]
+    ct = np.array([CT_VALUES[k] for k in tissue])
+    inv = np.array([MR_VALUES_INVERTED[k] for k in tissue])
+    perm = np.array([MR_VALUES[k] for k in tissue])
+    assert (np.argsort(ct) == np.argsort(-inv)).all()  # exactly reversed order
+    assert not (np.argsort(ct) == np.argsort(perm)).all() and not (np.argsort(ct) == np.argsort(-perm)).all()
+    assert MR_VALUES_INVERTED["air"] == 0.0
+
+    fov = np.array([64.0, 64.0, 24.0])
+    geometry = ModalityGeometry((1.5, 1.5, 3.0), False)
+    rng = np.random.default_rng(0)
+    anatomy = Anatomy.sample(rng, fov)
+    img, lab, _ = render_case(anatomy, "MR", fov, geometry, 3, np.random.default_rng(1), mr_contrast="inverted")
+    means = [img[lab == k].mean() for k in (1, 2, 3, 4)]
+    assert means[3] < means[2] < means[0] < means[1]  # cavity < wall < organ_a < organ_b: CT's order reversed
+    with pytest.raises(Exception, match="mr_contrast"):
+        PhantomConfig(mr_contrast="other")
+
+
+def test_benchmark_phantom_spec_leaves_the_default_contrast_out():
+    from nnunet_unpaired.benchmark.config import phantom_config, phantom_spec
+
+    assert "mr_contrast" not in phantom_spec(5, 2)  # result folders written before the option still resume
+    spec = phantom_spec(5, 2, mr_contrast="inverted")
+    assert spec["mr_contrast"] == "inverted" and phantom_config(spec).mr_contrast == "inverted"
+    assert phantom_config(phantom_spec(5, 2)).mr_contrast == "permuted"

@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multichannel-dataset", default=none,
                         help="multichannel methods (maml): a raw multi-channel dataset in $nnUNet_raw (id or name) "
                              "with imagesTs/labelsTs; default: the built-in multi-channel phantom")
+    parser.add_argument("--phantom-mr-contrast", choices=("permuted", "inverted"), default="permuted",
+                        help="the pair phantom's MR-like contrast: permuted (structures reordered against CT; the "
+                             "stress case) or inverted (one learnable inversion, to validate image translation)")
     parser.add_argument("--multichannel-phantom", choices=("redundant", "exclusive"), default="redundant",
                         help="layout of the built-in multi-channel phantom: redundant (each structure strong in one "
                              "channel, weak in the next: a missing channel can be compensated; default) or exclusive "
@@ -116,7 +119,8 @@ def build(args: argparse.Namespace):
         val_iters=pick(args.val_iters, preset.val_iters), no_mirroring=preset.no_mirroring,
         max_features=pick(args.max_features, preset.max_features), batch_size=pick(args.batch_size, preset.batch_size),
         in_plane_spacing=pick(args.in_plane_spacing, preset.in_plane_spacing),
-        phantom=phantom_spec(pick(args.num_train, preset.num_train), pick(args.num_test, preset.num_test))
+        phantom=phantom_spec(pick(args.num_train, preset.num_train), pick(args.num_test, preset.num_test),
+                             mr_contrast=args.phantom_mr_contrast)
         if phantom else None)
     if not phantom and (args.num_train is not None or args.num_test is not None):
         raise UserError("--num-train/--num-test describe the phantom; they do not apply to --pair datasets")

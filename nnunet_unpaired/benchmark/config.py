@@ -99,7 +99,10 @@ def phantom_spec(num_train: int = 10, num_test: int = 4, **overrides) -> dict:
     """``BenchmarkSpec.phantom`` for a phantom with these case counts (other PhantomConfig fields as keywords)."""
     from nnunet_unpaired.phantom import PhantomConfig
 
-    return json.loads(json.dumps(asdict(PhantomConfig(num_train=num_train, num_test=num_test, **overrides))))
+    values = json.loads(json.dumps(asdict(PhantomConfig(num_train=num_train, num_test=num_test, **overrides))))
+    if values.get("mr_contrast") == "permuted":  # the default: left out, so result folders written before it resume
+        del values["mr_contrast"]
+    return values
 
 
 def phantom_config(data: Mapping):
