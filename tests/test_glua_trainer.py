@@ -5,6 +5,7 @@ commands end to end: nnUNetv2_train stage 1 and stage 2, nnUNetv2_predict for th
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -322,6 +323,10 @@ def test_end_to_end_stage1_stage2_predict_target_and_translate(planned_pair, tmp
     source = sitk.ReadImage(str(next(translated.glob("*_source.nii.gz"))))
     result = sitk.ReadImage(str(next(translated.glob("*_translated.nii.gz"))))
     assert source.GetSize() == result.GetSize()
+    stage1 = Path(env["nnUNet_results"]) / NAMES[0] / f"nnUNetTrainerGLUAStyle__nnUNetPlans__{CONFIG}" / f"fold_{fold}"
+    assert (stage1 / "translation_check.png").stat().st_size > 0  # the label-free check of stage 1 (issue 16)
+    logged = torch.load(stage1 / "checkpoint_final.pth", weights_only=False)["logging"]
+    assert {"st_check_ratio", "st_check_order"} <= set(logged)
 
 
 def _logged_keys(env, fold) -> str:
@@ -357,3 +362,26 @@ def test_mask_ablations_turn_only_the_focusing_off():
     logits = torch.randn(2, 1, 4, 4)
     assert torch.equal(gap_mask(logits, 0.0), torch.ones_like(logits))
     assert not torch.allclose(gap_mask(logits, 1.0), torch.ones_like(logits))
+
+
+def test_stage1_translation_check_is_logged_and_saved(planned_pair, monkeypatch, tmp_path):
+    """Issue 16 item 3: after an epoch the label-free check is in the log; on the phantom also the contrast order;
+    the PNG grid and the JSON are written."""
+    import json as _json
+
+    _, env = planned_pair
+    trainer = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=4, seed=0)
+    assert trainer.run_translation_check() is None  # nothing to check before the first step
+    trainer.train_step(next(trainer.dataloader_train))
+    result = trainer.run_translation_check()
+    assert result["source_to_target"] > 0 and math.isfinite(result["translated_to_target"])
+    assert math.isfinite(result["ratio"])
+    expected = trainer.target_rendering()  # the planned pair is the phantom: its MR rendering is known
+    assert expected is not None and set(expected) == {1, 2, 3, 4}
+    assert -1.0 <= result["order"] <= 1.0
+    trainer._check_history = [{"epoch": 0, **result}]
+    trainer.save_translation_check(str(tmp_path))
+    assert (tmp_path / "translation_check.png").stat().st_size > 0
+    saved = _json.loads((tmp_path / "translation_check.json").read_text())
+    assert saved["history"][0]["ratio"] == pytest.approx(result["ratio"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

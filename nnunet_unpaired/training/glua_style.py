@@ -5,20 +5,35 @@ training.
 The method, its paper and stage 2: :mod:`nnunet_unpaired.training.glua`; the module and its deviations from MUNIT:
 :mod:`nnunet_unpaired.modules.style_transfer` and docs/glua.md. Stage 2 and ``nnunet_unpaired translate`` load the
 style generator from this trainer's ``checkpoint_final.pth`` in the SOURCE dataset's model folder.
+
+After every epoch a label-free translation check (:mod:`nnunet_unpaired.training.translation_check`) runs on the
+epoch's last training batch: the intensity distance of the translated source patches to the target patches, next to
+that of the untranslated ones (logged as ``st_check_source``, ``st_check_translated``, ``st_check_ratio``; ratio < 1:
+the translation moved towards the target's contrast). On the project's phantom also the structures' contrast order
+in the translated patches against the target rendering (source labels only; ``st_check_order``, Kendall's tau). At the
+end of training ``translation_check.png`` (source | translated | target) and ``translation_check.json`` are written
+into the model folder.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+import json
+import math
+import os
+from typing import Dict, Optional
 
 import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import join
 from torch import nn
 
 from nnunet_unpaired.losses.adversarial import StyleTransferLoss
 from nnunet_unpaired.modules.style_transfer import (StyleConfig, StyleTransferGenerator, build_discriminators,
                                                     style_strides_from_plan)
 from nnunet_unpaired.training.source_only import frozen, nnUNetTrainerSourceOnly, own_adam
+from nnunet_unpaired.training.translation_check import contrast_order_agreement, translation_check
+
+CHECK_SAMPLES = 4  # patches of the epoch's last batch the translation check looks at
 
 
 class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
@@ -91,7 +106,93 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         source = batch["data"].to(self.device, non_blocking=True)
         target = next(self.dataloader_train_partner)["data"].to(self.device, non_blocking=True)
         result.update(self.style_step(source, target))
+        labels = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
+        self._check_batch = (source[:CHECK_SAMPLES].detach(), target[:CHECK_SAMPLES].detach(),
+                             labels[:CHECK_SAMPLES].detach())
         return result
+
+    def target_rendering(self) -> Optional[Dict[int, float]]:
+        """On the project's phantom: the target dataset's rendered value per structure (label -> value), else None."""
+        from nnunet_unpaired.phantom import CT_VALUES, MARKER_KEY, MR_CONTRASTS
+
+        marker = self._partner["dataset_json"].get(MARKER_KEY) or {}
+        if "modality" not in marker or "phantom" not in marker:
+            return None
+        values = CT_VALUES if marker["modality"] == "CT" else \
+            MR_CONTRASTS[marker["phantom"].get("mr_contrast", "permuted")]
+        return {k: values[k] for k in values if isinstance(k, int)}
+
+    def run_translation_check(self) -> Optional[Dict[str, float]]:
+        """The check on the epoch's last batch (see the module docstring); None before the first step."""
+        batch = getattr(self, "_check_batch", None)
+        if batch is None:
+            return None
+        source, target, labels = batch
+        generator = self.training_modules["style_generator"]
+        was_training = generator.training
+        generator.eval()
+        try:
+            with torch.no_grad():
+                translated = generator(source.float(), target.float()).source_to_target
+        finally:
+            generator.train(was_training)
+        result = translation_check(source, translated, target)
+        expected = self.target_rendering()
+        result["order"] = contrast_order_agreement(translated, labels, expected) if expected else math.nan
+        self._check_images = (source.cpu(), translated.cpu(), target.cpu())
+        return result
+
+    def on_epoch_end(self):
+        result = self.run_translation_check()
+        if result is not None:
+            for key, name in (("source_to_target", "st_check_source"), ("translated_to_target", "st_check_translated"),
+                              ("ratio", "st_check_ratio"), ("order", "st_check_order")):
+                self._log_epoch_value(name, float(result[key]))
+            self.__dict__.setdefault("_check_history", []).append({"epoch": self.current_epoch, **result})
+            order = "" if math.isnan(result["order"]) else f", phantom contrast order (Kendall tau) {result['order']:.2f}"
+            self.print_to_log_file(
+                f"translation check (label-free): intensity distance to the target {result['source_to_target']:.3f} "
+                f"-> {result['translated_to_target']:.3f} after translation (ratio {result['ratio']:.2f}){order}")
+        super().on_epoch_end()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0 and getattr(self, "_check_images", None) is not None:
+            self.save_translation_check(self.output_folder)
+
+    def save_translation_check(self, folder: str) -> None:
+        """``translation_check.png`` (source | translated | target, middle slice in 3D) and ``.json``, atomically."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        source, translated, target = self._check_images
+        rows = min(len(source), len(target))
+        fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), squeeze=False)
+        for i in range(rows):
+            for j, (title, images) in enumerate((("source", source), ("translated", translated),
+                                                  ("target (other patient)", target))):
+                image = images[i, 0].numpy()
+                if image.ndim == 3:
+                    image = image[image.shape[0] // 2]
+                axes[i, j].imshow(image, cmap="gray")
+                axes[i, j].set_axis_off()
+                if i == 0:
+                    axes[i, j].set_title(title)
+        last = self._check_history[-1] if getattr(self, "_check_history", None) else {}
+        if last:
+            fig.suptitle(f"distance to target {last['source_to_target']:.2f} -> {last['translated_to_target']:.2f} "
+                         f"(ratio {last['ratio']:.2f})", fontsize=9)
+        fig.tight_layout()
+        tmp = join(folder, f".translation_check.tmp{os.getpid()}.png")
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        os.replace(tmp, join(folder, "translation_check.png"))
+        tmp = join(folder, f".translation_check.tmp{os.getpid()}.json")
+        with open(tmp, "w") as f:
+            json.dump({"history": getattr(self, "_check_history", [])}, f, indent=2, default=float)
+        os.replace(tmp, join(folder, "translation_check.json"))
 
     def style_step(self, source: torch.Tensor, target: torch.Tensor) -> Dict[str, np.ndarray]:
         """One generator step and one discriminator step (float32, no autocast: small networks, stable GAN)."""
