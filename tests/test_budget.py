@@ -76,3 +76,17 @@ def test_torch_threads_are_set_before_every_training_step(monkeypatch):
     monkeypatch.setenv(budget.ENV_TORCH_THREADS, "0")
     with pytest.raises(ValueError, match="nnUNet_unpaired_torch_threads"):
         trainer._fix_torch_threads()
+
+
+def test_save_every_sets_nnunets_checkpoint_latest_interval(monkeypatch):
+    """nnU-Net writes checkpoint_latest every save_every (50) epochs: never, with a 30-epoch budget."""
+    monkeypatch.setenv(budget.ENV_SAVE_EVERY, "1")
+    assert budget.budget_from_env()["save_every"] == 1
+    monkeypatch.setenv(budget.ENV_SAVE_EVERY, "0")
+    with pytest.raises(ValueError, match=budget.ENV_SAVE_EVERY):
+        budget.budget_from_env()
+    monkeypatch.delenv(budget.ENV_SAVE_EVERY)
+    assert "save_every" not in budget.budget_from_env()
+    from nnunet_unpaired.benchmark.config import CPU_ENV
+
+    assert (budget.ENV_SAVE_EVERY, "1") in CPU_ENV

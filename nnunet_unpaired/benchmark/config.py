@@ -52,7 +52,10 @@ class Preset:
 #: the CPU default for nnU-Net's worker processes (benchmarks/cpu_throughput.py measured the settings on 2 cores,
 #: docs/benchmarks.md "CPU throughput"); no final validation on the fold's validation cases (the benchmark scores the
 #: held-out test cases; on 2 cores the validation of every run would cost minutes)
-CPU_ENV = (("nnUNet_n_proc_DA", "2"), ("nnUNet_def_n_proc", "1"), ("nnUNet_unpaired_skip_final_validation", "1"))
+# save_every 1: nnU-Net's checkpoint_latest after every epoch (its default 50 never comes with these short schedules),
+# so a training the end of a session cuts off continues from its last epoch instead of starting over
+CPU_ENV = (("nnUNet_n_proc_DA", "2"), ("nnUNet_def_n_proc", "1"), ("nnUNet_unpaired_skip_final_validation", "1"),
+           ("nnUNet_unpaired_save_every", "1"))
 
 PRESETS: dict[str, Preset] = {
     "cpu-small": Preset(

@@ -16,6 +16,9 @@ benchmark baseline) reads these variables; when none is set, nnU-Net's defaults 
 - ``nnUNet_unpaired_torch_threads=N``: torch's intra-op threads in the training process, set before every training
   step (nnU-Net sets all cores at start, and batchgeneratorsv2's transforms set 1 in the process that runs them, which
   is the training process itself when ``nnUNet_n_proc_DA=0``); unset: nnU-Net's behaviour
+- ``nnUNet_unpaired_save_every=N``: write nnU-Net's ``checkpoint_latest.pth`` every N epochs (nnU-Net's
+  ``save_every``, default 50): with short schedules nnU-Net would never write it before the end, so a training that is
+  cut off could not continue (``--c``) and started over; the benchmark's CPU presets set 1
 - ``nnUNet_unpaired_snapshot_every=N``: also save ``checkpoint_epoch_<e>.pth`` after every N-th epoch (e = epochs
   done), for learning curves (``nnUNetv2_predict -chk checkpoint_epoch_<e>.pth``)
 - ``nnUNet_unpaired_seed=N``: seeded training; seeds weight initialisation, case sampling and augmentation in the main
@@ -37,6 +40,7 @@ ENV_ITERS = "nnUNet_unpaired_iters"
 ENV_VAL_ITERS = "nnUNet_unpaired_val_iters"
 ENV_NO_MIRRORING = "nnUNet_unpaired_no_mirroring"
 ENV_SNAPSHOT_EVERY = "nnUNet_unpaired_snapshot_every"
+ENV_SAVE_EVERY = "nnUNet_unpaired_save_every"
 ENV_SKIP_VALIDATION = "nnUNet_unpaired_skip_final_validation"
 ENV_TORCH_THREADS = "nnUNet_unpaired_torch_threads"
 #: When set, every training iteration is timed and written to this JSON file at the end of training, with keys
@@ -48,7 +52,8 @@ ENV_TORCH_THREADS = "nnUNet_unpaired_torch_threads"
 #: ``resource.getrusage``, data-augmentation worker processes not included), ``device`` and ``trainer``.
 ENV_TIMING = "nnUNet_unpaired_timing_file"
 
-_ATTRIBUTES = {ENV_EPOCHS: "num_epochs", ENV_ITERS: "num_iterations_per_epoch", ENV_VAL_ITERS: "num_val_iterations_per_epoch"}
+_ATTRIBUTES = {ENV_EPOCHS: "num_epochs", ENV_ITERS: "num_iterations_per_epoch", ENV_VAL_ITERS: "num_val_iterations_per_epoch",
+               ENV_SAVE_EVERY: "save_every"}
 
 
 def _positive_int(name: str) -> Optional[int]:

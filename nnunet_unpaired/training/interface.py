@@ -9,7 +9,7 @@ from a trainer module's private names. Each trainer module imports its own names
 from __future__ import annotations
 
 from nnunet_unpaired.training.budget import (ENV_EPOCHS, ENV_ITERS, ENV_NO_MIRRORING, ENV_SKIP_VALIDATION,  # noqa: F401
-                                             ENV_SNAPSHOT_EVERY, ENV_TIMING, ENV_TORCH_THREADS, ENV_VAL_ITERS)
+                                             ENV_SAVE_EVERY, ENV_SNAPSHOT_EVERY, ENV_TIMING, ENV_TORCH_THREADS, ENV_VAL_ITERS)
 from nnunet_unpaired.training.seeding import ENV_SEED  # noqa: F401
 
 #: prefix of every GLUA setting in the environment (``nnUNet_unpaired_glua_<setting>``)
