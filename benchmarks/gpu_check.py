@@ -83,7 +83,10 @@ RUNS = (
     Run("glua", "nnUNetTrainerGLUA"),
     Run("glua-global", "nnUNetTrainerGLUAGlobalOnly"),
     Run("glua-local", "nnUNetTrainerGLUALocalOnly"),
+    Run("glua-unmasked", "nnUNetTrainerGLUAUnmasked"),
+    Run("glua-local-unmasked", "nnUNetTrainerGLUALocalOnlyUnmasked"),
     Run("vanilla-multichannel", "nnUNetTrainerVanilla", "M"),
+    Run("vanilla-dropout", "nnUNetTrainerChannelDropout", "M"),
     Run("maml", "nnUNetTrainerMAML", "M"),
 )
 #: the reference runs of the ratios: vanilla per dataset, joint for the pair
