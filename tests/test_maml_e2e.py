@@ -172,7 +172,7 @@ def _run(args, env, timeout=400):
 
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
-    """A MAML model trained for 160 seeded iterations on the 3-channel phantom (fold 'all', 2d, tiny plans). Unseeded,
+    """A MAML model trained for 120 seeded iterations on the 3-channel phantom (fold 'all', 2d, tiny plans). Unseeded,
     180 iterations sometimes still predicted background only; the seed makes the run repeatable, and the final
     validation (on the training cases, fold 'all') is skipped: nothing here reads it."""
     root = tmp_path_factory.mktemp("maml_e2e")
@@ -190,7 +190,7 @@ def trained_model(tmp_path_factory):
     _run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-npfp", "1", "-np", "1"], env)
     shrink_plans(dirs["nnUNet_preprocessed"] / f"Dataset{DATASET_ID:03d}_{NAME}" / "nnUNetPlans.json", "2d",
                  features=(16, 32, 64), batch_size=4)
-    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_unpaired_epochs": "4", "nnUNet_unpaired_iters": "40",
+    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_unpaired_epochs": "3", "nnUNet_unpaired_iters": "40",
                 "nnUNet_unpaired_seed": "0", "nnUNet_unpaired_skip_final_validation": "1",
                 "nnUNet_unpaired_val_iters": "1", "nnUNet_unpaired_no_mirroring": "1",
                 "nnUNet_unpaired_maml_distill_weight": "0.5", "nnUNet_unpaired_maml_modality_dropout": "0.5",
