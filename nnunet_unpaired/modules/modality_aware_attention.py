@@ -104,27 +104,22 @@ class ModalityAwareAttention(nn.Module):
         if weights is not None:
             if weights.shape != (self.num_modalities,):
                 raise ValueError(f"weights must have shape ({self.num_modalities},), got {tuple(weights.shape)}")
-            return self._forward_weighted(features, available, weights.to(reference.dtype), return_attention)
+            weights = weights.to(reference.dtype)
+            count = weights.sum()
+            scale = self.num_modalities / count
+            return self._fuse(features, available, [weights[i] * scale for i in range(self.num_modalities)],
+                              weights, count, return_attention)
         scale = self.num_modalities / len(available)
-        stacked = torch.cat([f * scale if f is not None else torch.zeros_like(reference) for f in features], dim=1)
-        fused = self.fusion(stacked)
-        maps: Dict[int, torch.Tensor] = {}
-        output = None
-        for i in available:
-            attention = torch.sigmoid(self.attention[i](torch.cat((features[i], fused), dim=1)))
-            maps[i] = attention
-            weighted = attention * features[i]
-            output = weighted if output is None else output + weighted
-        output = output / len(available)
-        return (output, maps) if return_attention else output
+        return self._fuse(features, available, [scale] * self.num_modalities, None, len(available), return_attention)
 
-    def _forward_weighted(self, features: Sequence[Optional[torch.Tensor]], available: List[int],
-                          weights: torch.Tensor, return_attention: bool):
-        """``forward`` with 0/1 modality weights as a tensor (one graph for every subset)."""
+    def _fuse(self, features: Sequence[Optional[torch.Tensor]], available: List[int], input_scales: Sequence,
+              output_weights: Optional[torch.Tensor], denominator, return_attention: bool):
+        """The body of ``forward``: modality i's features times ``input_scales[i]`` (zeros where missing) into the
+        fusion convolution, each available modality's attention, and the sum of ``output_weights[i] * A_i * F_i``
+        (no weight: ``A_i * F_i``) divided by ``denominator``. Without weights the scales are Python numbers; with
+        0/1 weights they are tensors, so every subset runs the same graph (no recompilation)."""
         reference = features[available[0]]
-        count = weights.sum()
-        scale = self.num_modalities / count
-        stacked = torch.cat([f * (weights[i] * scale) if f is not None else torch.zeros_like(reference)
+        stacked = torch.cat([f * input_scales[i] if f is not None else torch.zeros_like(reference)
                              for i, f in enumerate(features)], dim=1)
         fused = self.fusion(stacked)
         maps: Dict[int, torch.Tensor] = {}
@@ -132,7 +127,8 @@ class ModalityAwareAttention(nn.Module):
         for i in available:
             attention = torch.sigmoid(self.attention[i](torch.cat((features[i], fused), dim=1)))
             maps[i] = attention
-            weighted = weights[i] * attention * features[i]
+            weighted = attention * features[i] if output_weights is None else \
+                output_weights[i] * attention * features[i]
             output = weighted if output is None else output + weighted
-        output = output / count
+        output = output / denominator
         return (output, maps) if return_attention else output
