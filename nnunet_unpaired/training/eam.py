@@ -113,18 +113,19 @@ class nnUNetTrainerEAM(nnUNetTrainerUnpairedJoint):
         convs = [m for m in stage.modules() if isinstance(m, nn.modules.conv._ConvNd)]
         return convs[-1].out_channels
 
-    def forward_pair(self, data_a: torch.Tensor, data_b: torch.Tensor):
-        if self.concatenates_batches(data_a, data_b):  # one pass: each tap holds the features of cat(A, B)
-            outputs = super().forward_pair(data_a, data_b)
-            n = data_a.shape[0]
-            both = [tap.take() for tap in self._taps]
-            self._features_a, self._features_b = [f[:n] for f in both], [f[n:] for f in both]
-            return outputs
-        output_a = self.network(data_a)
+    def forward_partner(self, data: torch.Tensor):
+        # two passes: the base's forward_pair ran A's pass just now, so the taps hold A's decoder features
         self._features_a = [tap.take() for tap in self._taps]
-        output_b = self.forward_partner(data_b)
-        self._features_b = [tap.take() for tap in self._taps]
-        return output_a, output_b
+        return super().forward_partner(data)
+
+    def forward_pair(self, data_a: torch.Tensor, data_b: torch.Tensor):
+        outputs = super().forward_pair(data_a, data_b)
+        latest = [tap.take() for tap in self._taps]
+        if self.concatenates_batches(data_a, data_b):  # one pass: each tap holds the features of cat(A, B)
+            n = data_a.shape[0]
+            self._features_a, latest = [f[:n] for f in latest], [f[n:] for f in latest]
+        self._features_b = latest
+        return outputs
 
     def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
         try:
