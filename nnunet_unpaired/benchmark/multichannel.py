@@ -455,7 +455,7 @@ def run_fold(ctx: Context, methods: Sequence[Method], source: Dataset, derived: 
                                   fold)
         for c in names:
             others_available = [k for k in names if k != c]
-            if method is vanilla or method.trainer in interface.ZERO_FILLED_TRAINERS:  # plain network: zero-filled
+            if method.trainer in interface.ZERO_FILLED_TRAINERS:  # a plain network (vanilla's): zero-filled
                 images, key = condition_inputs(ctx, source, c, "zero"), f"zero_filled_channel_{c}"
                 out = ctx.run_root / "predictions" / method.name / key / f"fold_{fold}"
                 predict_inputs(ctx, f"predict__{method.name}__{key}__fold_{fold}", method, source, images, out, fold)
@@ -546,8 +546,7 @@ def headline(ctx: Context, methods: Sequence[Method], rows: Sequence[Mapping], c
     trainers = {m.name: m.trainer for m in methods}
 
     def missing_inference(method: str) -> float:
-        zero_filled = method == BASELINE or trainers.get(method) in interface.ZERO_FILLED_TRAINERS
-        prefix = "zero_filled" if zero_filled else "missing"
+        prefix = "zero_filled" if trainers.get(method) in interface.ZERO_FILLED_TRAINERS else "missing"
         markers = [m for m in _markers(ctx, f"predict__{method}__{prefix}_channel_")]
         cases = sum(int(m["cases"]) for m in markers)
         return sum(float(m["wall_seconds"]) for m in markers) / cases if cases else math.nan

@@ -191,8 +191,7 @@ class ExternalAttentionModule(nn.Module):
             with torch.autocast(device_type=features.device.type, enabled=False):
                 shape = [1, -1] + [1] * self.dim
                 z = (features.float() - mean.reshape(shape)) / std.reshape(shape)  # (B, C, *spatial)
-                means, present = class_means(z, torch.where(valid, grid, torch.zeros_like(grid)), self.num_classes,
-                                             valid)
+                means, present = class_means(z, grid, self.num_classes, valid)  # ignored voxels weigh 0
                 logits = torch.einsum("bc...,kc->bk...", unit_vectors(z, dim=1), anchors) / self.temperature
             outputs.append(EAMOutput(logits=logits, class_repr=means, present=present, labels=grid))
         return outputs[0], outputs[1]

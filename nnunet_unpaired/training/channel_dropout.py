@@ -27,6 +27,13 @@ from nnunet_unpaired.training.budget import BudgetMixin
 ENV_CHANNEL_DROPOUT = "nnUNet_unpaired_channel_dropout"
 
 
+def check_probability(p) -> float:
+    """``p`` as a float; ValueError unless it is a number in [0, 1)."""
+    if isinstance(p, bool) or not (isinstance(p, (int, float)) and math.isfinite(p) and 0 <= p < 1):
+        raise ValueError(f"channel dropout probability must be in [0, 1), got {p!r}")
+    return float(p)
+
+
 def drop_channels(data: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """A copy of ``data`` (B, C, *spatial) in which each sample's channels are zeroed with probability ``p`` each,
     never all of them (a sample whose draw dropped every channel keeps one, chosen at random).
@@ -34,8 +41,7 @@ def drop_channels(data: torch.Tensor, p: float, generator: torch.Generator | Non
     Raises:
         ValueError: if ``p`` is not in [0, 1) or ``data`` has no channel axis.
     """
-    if not (isinstance(p, (int, float)) and math.isfinite(p) and 0 <= p < 1):
-        raise ValueError(f"channel dropout probability must be in [0, 1), got {p!r}")
+    p = check_probability(p)
     if data.ndim < 3:
         raise ValueError(f"data must be (B, C, *spatial), got shape {tuple(data.shape)}")
     b, c = data.shape[:2]
@@ -61,8 +67,7 @@ class nnUNetTrainerChannelDropout(BudgetMixin, nnUNetTrainer):
         value = os.environ.get(ENV_CHANNEL_DROPOUT, "").strip()
         if value:
             try:
-                self.channel_dropout = float(value)
-                drop_channels(torch.zeros(1, 2, 1), self.channel_dropout)
+                self.channel_dropout = check_probability(float(value))
             except ValueError:
                 raise UserError(f"{ENV_CHANNEL_DROPOUT}={value!r}: expected a probability in [0, 1)") from None
         channels = dataset_json.get("channel_names", dataset_json.get("modality", {}))
