@@ -63,8 +63,9 @@ def _data(loader):
 
 
 def test_settings_precedence_and_validation():
-    defaults = {"csc_weight": 1.0, "cac_weight": 1.0, "csc_temperature": 0.5, "csc_descriptor": "gram",
-                "cac_mode": "pooled", "self_fusion_prob": 0.5}
+    defaults = {"csc_weight": 1.0, "cac_weight": 1.0, "unlabelled_start": 0.7, "st_weight": 1.0, "st_threshold": 0.9,
+                "ema_decay": 0.99, "csc_temperature": 0.5, "csc_descriptor": "gram", "cac_mode": "pooled",
+                "self_fusion_prob": 0.5}
     plans = {"cmc": {"csc_weight": 0.25, "cac_mode": "voxel"}}
     env = {"nnUNet_unpaired_cmc_csc_weight": "2", "nnUNet_unpaired_cmc_self_fusion": "0"}
     settings = resolve_settings(defaults, plans, env)
@@ -73,6 +74,10 @@ def test_settings_precedence_and_validation():
         resolve_settings(defaults, {}, {"nnUNet_unpaired_cmc_csc_descriptor": "pixels"})
     with pytest.raises(ValueError, match="self_fusion_prob"):
         resolve_settings(defaults, {"cmc": {"self_fusion_prob": 2}}, {})
+    with pytest.raises(ValueError, match="ema_decay from nnUNet_unpaired_cmc_ema_decay"):
+        resolve_settings(defaults, {}, {"nnUNet_unpaired_cmc_ema_decay": "1"})
+    with pytest.raises(ValueError, match="unlabelled_start"):
+        resolve_settings(defaults, {"cmc": {"unlabelled_start": 1.5}}, {})
 
 
 def test_registered_as_semi():
@@ -84,12 +89,21 @@ def test_ramps_and_loaders_keep_labelled_and_unlabelled_apart(semi_pair, monkeyp
     _, env = semi_pair
     trainer = _trainer(env, monkeypatch, fold=0)
     trainer.num_epochs = 10
-    trainer.csc_weight, trainer.cac_weight = 0.5, 2.0
-    w_csc, w_cac = trainer.consistency_weights(0)
+    trainer.csc_weight, trainer.cac_weight, trainer.st_weight = 0.5, 2.0, 3.0
+    trainer.unlabelled_start = 0.0  # the public code's ramps over the whole training
+    w_csc, w_cac, w_st = trainer.consistency_weights(0)
     assert w_csc == pytest.approx(0.5 * math.exp(-5)) and w_cac == pytest.approx(2.0)
-    w_csc, w_cac = trainer.consistency_weights(5)
+    assert w_st == pytest.approx(3.0 * math.exp(-5))
+    w_csc, w_cac, w_st = trainer.consistency_weights(5)
     assert w_csc == pytest.approx(0.5 * math.exp(-5 / 4)) and w_cac == pytest.approx(1.0)
-    assert trainer.consistency_weights(10) == (pytest.approx(0.5), pytest.approx(0.0))
+    assert w_st == pytest.approx(3.0 * math.exp(-5 / 4))
+    assert trainer.consistency_weights(10) == (pytest.approx(0.5), pytest.approx(0.0), pytest.approx(3.0))
+    trainer.unlabelled_start = 0.7  # the public code's late start (epoch 350 of 500): CSC and CAC off before it
+    assert trainer.consistency_weights(6)[:2] == (0.0, 0.0)
+    assert trainer.consistency_weights(6)[2] == pytest.approx(3.0 * math.exp(-5 * 0.16))
+    assert trainer.consistency_weights(7) == (pytest.approx(0.5 * math.exp(-5 * 0.09)),
+                                              pytest.approx(2.0 * (math.cos(0.7 * math.pi) + 1) / 2),
+                                              pytest.approx(3.0 * math.exp(-5 * 0.09)))
 
     split = load_json(os.path.join(env["nnUNet_preprocessed"], NAMES[0], "splits_final.json"))[0]
     record_a, record_b = _record(env, 0), _record(env, 1)
@@ -113,7 +127,8 @@ def test_unlabelled_terms_train_the_encoder_in_training_mode(semi_pair, monkeypa
     """The public code ran the unlabelled pass under no_grad in eval mode, so CSC and CAC trained nothing."""
     _, env = semi_pair
     trainer = _trainer(env, monkeypatch, fold=1)
-    trainer.current_epoch = 1
+    trainer.unlabelled_start, trainer.current_epoch = 0.0, 1
+    trainer.st_loss.threshold = 0.0  # every voxel a pseudo-label: ST is not zero at initialization
     network = trainer.cmc_network()
     with torch.no_grad():
         network.channel_attention.gamma.fill_(0.1)
@@ -128,19 +143,34 @@ def test_unlabelled_terms_train_the_encoder_in_training_mode(semi_pair, monkeypa
     finally:
         hook.remove()
     assert modes == [(True, True)] * 4  # labelled A, B and unlabelled A, B: all in training mode, with gradients
-    expected = terms["seg_A"] + terms["seg_B"] + terms["csc"] + terms["cac"]
+    expected = terms["seg_A"] + terms["seg_B"] + terms["csc"] + terms["cac"] + terms["st"]
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert terms["csc"].item() == pytest.approx(terms["w_csc"].item() * terms["csc_unweighted"].item(), rel=1e-5)
+    for term in ("csc", "cac", "st"):
+        assert terms[term].item() == pytest.approx(terms[f"w_{term}"].item() * terms[f"{term}_unweighted"].item(),
+                                                   rel=1e-5)
     trainer.optimizer.zero_grad(set_to_none=True)
-    (terms["csc"] + terms["cac"]).backward()  # the unlabelled terms only
+    (terms["csc"] + terms["cac"]).backward(retain_graph=True)  # the cross-modal unlabelled terms only
     parts = {"encoder": network.encoder, "fusion": network.fusion, "attention": network.channel_attention,
              "head A": network.head, "head B": trainer.partner_head}
     for name, module in parts.items():
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), f"no gradient from CSC/CAC in {name}"
 
+    assert terms["st"].item() > 0
+    trainer.optimizer.zero_grad(set_to_none=True)
+    terms["st"].backward()  # ST alone reaches the deployed path of both modalities, never the teacher
+    for name, module in parts.items():
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), f"no gradient from ST in {name}"
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+
+    teacher_before = [p.detach().clone() for p in trainer.teacher.parameters()]
     result = trainer.train_step(next(trainer.dataloader_train))
-    assert {"loss", "seg_A", "seg_B", "csc", "cac", "w_csc", "w_cac"} <= set(result)
+    assert {"loss", "seg_A", "seg_B", "csc", "cac", "st", "w_csc", "w_cac", "w_st", "st_confident"} <= set(result)
+    # the teacher follows the student after each step (its first update copies the student: decay 0)
+    assert not all(torch.equal(a, b) for a, b in zip(teacher_before, trainer.teacher.parameters()))
+    student = [*network.parameters(), *trainer.partner_head.parameters()]
+    assert all(torch.equal(t, s) for t, s in zip(trainer.teacher.parameters(), student))
 
 
 def test_export_loads_strictly_with_each_modalitys_head(semi_pair, monkeypatch):

@@ -6,6 +6,7 @@ with extreme inputs; the loss and the gradients w.r.t. its inputs must be finite
 - ``class_distillation.ClasswiseKDLoss`` (UMMKD) and ``class_mean_logits``;
 - ``cross_modal_consistency.ChannelSemanticConsistencyLoss`` (CMC's CSC, both descriptors) and
   ``AnatomicalConsistencyLoss`` (CAC, both modes);
+- ``pseudo_label.ConfidentPseudoLabelLoss`` (CMC's same-modality self-training, ST);
 - ``semantic_consistency.EAMLoss`` (grounding, semantic and structured terms of the EAM);
 - ``adversarial.AdversarialLoss`` (both modes, discriminator and weighted generator loss), ``ShapePreservationLoss``
   and ``StyleTransferLoss.generator_terms``;
@@ -30,6 +31,7 @@ from nnunet_unpaired.losses.adversarial import AdversarialLoss, StyleTransferLos
 from nnunet_unpaired.losses.class_distillation import ClasswiseKDLoss, class_mean_logits
 from nnunet_unpaired.losses.cross_modal_consistency import AnatomicalConsistencyLoss, ChannelSemanticConsistencyLoss
 from nnunet_unpaired.losses.mutual_distillation import MutualDistillationLoss
+from nnunet_unpaired.losses.pseudo_label import ConfidentPseudoLabelLoss
 from nnunet_unpaired.losses.semantic_consistency import EAMLoss
 from nnunet_unpaired.modules.external_attention import EAMOutput
 
@@ -165,6 +167,19 @@ def _class_repr(regime: str, seed: int) -> torch.Tensor:
         r = 1e4 * r.sign()
         r[0] = 0.0  # a present class whose representation is zero (cosine eps 1e-8 gave gradients ~1e8)
     return r
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cmc_pseudo_label(dtype: torch.dtype, regime: str) -> None:
+    student = _leaf(_voxel_map(K, regime, seed=0), dtype)
+    teacher = torch.softmax(_voxel_map(K, regime, seed=1).to(dtype), 1)  # the teacher's softmax in the low dtype
+    with torch.autocast("cpu", dtype=dtype):
+        loss, share = ConfidentPseudoLabelLoss(threshold=0.5)(student, teacher)
+    assert 0 < share.item() < 1
+    _assert_finite(loss, student)
+    reference, _ = ConfidentPseudoLabelLoss(threshold=0.5)(student.detach().float(), teacher.float())
+    torch.testing.assert_close(loss.detach(), reference, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("regime", REGIMES)

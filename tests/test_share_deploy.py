@@ -231,7 +231,8 @@ EXPORTABLE = {"nnUNetTrainerUnpairedJoint", "nnUNetTrainerUnpairedJointModalityN
               "nnUNetTrainerGLUAGlobalOnly", "nnUNetTrainerGLUALocalOnly", "nnUNetTrainerGLUAUnmasked",
               "nnUNetTrainerGLUALocalOnlyUnmasked", "nnUNetTrainerVanilla", "nnUNetTrainerChannelDropout"}
 REFUSED = {"nnUNetTrainerMAML": "MAMLNetwork", "nnUNetTrainerCMC": "CMCNetwork",
-           "nnUNetTrainerCMCPublicForm": "CMCNetwork", "nnUNetTrainerCMCNoSelfFusion": "CMCNetwork"}
+           **{f"nnUNetTrainerCMC{v}": "CMCNetwork" for v in ("PublicForm", "NoSelfFusion", "LabelledOnly", "CSCOnly",
+                                                              "CACOnly", "SelfTrainingOnly")}}
 
 
 def _plans(env, name=NAMES[0], channels=1):

@@ -1,5 +1,9 @@
 from nnunet_unpaired.training.cmc import (  # noqa: F401
     nnUNetTrainerCMC,
+    nnUNetTrainerCMCCACOnly,
+    nnUNetTrainerCMCCSCOnly,
+    nnUNetTrainerCMCLabelledOnly,
     nnUNetTrainerCMCNoSelfFusion,
     nnUNetTrainerCMCPublicForm,
+    nnUNetTrainerCMCSelfTrainingOnly,
 )

@@ -78,8 +78,16 @@ METHODS: Tuple[Method, ...] = (
            "GLUA ablation: local feature alignment only, without the gap mask's focusing (gamma 0)",
            baselines=(BASELINE, "source-only")),
     Method("cmc", "nnUNetTrainerCMC", "semi",
-           "semi-supervised cross-modality collaboration: shared encoder, bottleneck fusion, CSC + CAC on "
-           "unlabelled cases; predicts from one modality", baselines=_PAIR),
+           "semi-supervised cross-modality collaboration: shared encoder, bottleneck fusion, CSC + CAC + mean-teacher "
+           "pseudo-labels (ST) on unlabelled cases; predicts from one modality", baselines=_PAIR),
+    Method("cmc-labelled-only", "nnUNetTrainerCMCLabelledOnly", "semi",
+           "CMC ablation: the same architecture on the labelled cases only (no unlabelled term)", baselines=_PAIR),
+    Method("cmc-csc", "nnUNetTrainerCMCCSCOnly", "semi",
+           "CMC ablation: CSC the only unlabelled term", baselines=_PAIR),
+    Method("cmc-cac", "nnUNetTrainerCMCCACOnly", "semi",
+           "CMC ablation: CAC the only unlabelled term", baselines=_PAIR),
+    Method("cmc-st", "nnUNetTrainerCMCSelfTrainingOnly", "semi",
+           "CMC ablation: mean-teacher pseudo-labels (ST) the only unlabelled term", baselines=_PAIR),
 )
 
 _REGISTRY: Dict[str, Method] = {}

@@ -10,7 +10,8 @@ Structure, for a pair of inputs (one image of modality A, one of modality B):
 - channel attention (:class:`~nnunet_unpaired.modules.channel_attention.ChannelAttention`, shared, as in the public
   code) on each bottleneck: ``c_m = CA(r_m)``;
 - fusion ``f = sigmoid(block(block(concat(c_A, c_B))))``, ``block`` = 3x3(x3) convolution + normalization + ReLU;
-- per-modality head ``h_m = conv1x1(ReLU(norm(concat(f, r_m))))`` (back to the bottleneck width);
+- per-modality head ``h_m = conv1x1(ReLU(norm(concat(f, c_m))))`` (back to the bottleneck width), on the channel-
+  ATTENDED bottleneck as in the public code (our first version read the raw ``r_m``);
 - the plan's decoder, shared, on the encoder skips of modality m with ``h_m`` in place of the bottleneck.
 
 The network object holds modality A's head only. Modality B's head is a training-only module of the trainer
@@ -159,7 +160,7 @@ class CMCNetwork(nn.Module):
         own = skips[-1]
         attended = self.channel_attention(own)
         partner = attended if self.single_input_fusion == "self" else torch.zeros_like(attended)
-        return self._decode(skips, self.head(self.fusion(attended, partner), own))
+        return self._decode(skips, self.head(self.fusion(attended, partner), attended))
 
     def forward_pair(self, x_a: torch.Tensor, x_b: torch.Tensor, head_b: nn.Module,
                      self_fusion_mask: Optional[torch.Tensor] = None) -> PairOutput:
@@ -189,8 +190,8 @@ class CMCNetwork(nn.Module):
             mask = self_fusion_mask.to(fused_a.device).view(-1, *[1] * (fused_a.dim() - 1))
             fused_a = torch.where(mask, self.fusion(att_a, att_a), fused_a)
             fused_b = torch.where(mask, self.fusion(att_b, att_b), fused_b)
-        out_a = self._decode(skips_a, self.head(fused_a, raw_a))
-        out_b = self._decode(skips_b, head_b(fused_b, raw_b))
+        out_a = self._decode(skips_a, self.head(fused_a, att_a))
+        out_b = self._decode(skips_b, head_b(fused_b, att_b))
         return PairOutput(out_a, out_b, raw_a, raw_b)
 
 

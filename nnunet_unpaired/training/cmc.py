@@ -9,16 +9,31 @@ where both datasets mark their unlabelled training cases with all-ignore label m
 four batches: labelled A, labelled B, unlabelled A, unlabelled B (each from its own nnU-Net data loader over the
 training split of the fold, with nnU-Net's augmentation), and minimizes
 
-    seg(A) + seg(B) + w_csc(t) CSC(r_A^u, r_B^u) + w_cac(t) CAC(P_A^u, P_B^u)
+    seg(A) + seg(B) + w_csc(t) CSC(r_A^u, r_B^u) + w_cac(t) CAC(P_A^u, P_B^u) + w_st(t) (ST(A^u) + ST(B^u))
 
 - seg: nnU-Net's Dice + CE with deep supervision on the labelled pair, through the cross-modal fusion of
   :class:`~nnunet_unpaired.modules.cmc_network.CMCNetwork` (a share ``self_fusion_prob`` of the samples fuse with
   themselves, the single-input case the deployed network meets);
+- the unlabelled pair runs through the DEPLOYED path (every sample fused with itself, as ``nnUNetv2_predict`` runs
+  it), in training mode and with gradients (the public code ran this pass under ``no_grad`` in eval mode, so its
+  terms trained nothing), with the student's intensity perturbation
+  (:func:`~nnunet_unpaired.modules.mean_teacher.perturb_intensities`) when ST is on. Our first version cross-fused
+  two unrelated patients' patches here, a path that is never deployed;
 - CSC on the raw bottlenecks r^u, CAC on the softmax outputs P^u of the unlabelled pair
-  (:mod:`nnunet_unpaired.losses.cross_modal_consistency`), in training mode and with gradients (the public code ran
-  this pass under ``no_grad`` in eval mode, so these terms trained nothing);
-- ``w_csc(t) = csc_weight * exp(-5 (1 - t / T)^2)`` (warm-up), ``w_cac(t) = cac_weight * (cos(pi t / T) + 1) / 2``
-  (ramp-down), t the epoch, T the number of epochs, as in the public code.
+  (:mod:`nnunet_unpaired.losses.cross_modal_consistency`): the cross-modal terms;
+- ST, same-modality self-training (ours, issue 17: in the unpaired setting the cross-modal terms carry little):
+  :class:`~nnunet_unpaired.losses.pseudo_label.ConfidentPseudoLabelLoss` between the student's output on the
+  perturbed unlabelled patch and the confident (>= ``st_threshold``) predictions of a mean teacher
+  (:class:`~nnunet_unpaired.modules.mean_teacher.EMATeacher` of the network and B's head, decay ``ema_decay``) on the
+  unperturbed patch, for each modality with its own head;
+- schedules (t the epoch, T the number of epochs), as in the public code for CSC and CAC: zero before
+  ``unlabelled_start * T`` (the public code starts them at epoch 350 of 500), then
+  ``w_csc(t) = csc_weight * exp(-5 (1 - t / T)^2)`` and ``w_cac(t) = cac_weight * (cos(pi t / T) + 1) / 2``;
+  ``w_st(t) = st_weight * exp(-5 (1 - t / T)^2)`` from the start (the teacher's confidence threshold keeps its
+  early, poor predictions out);
+- weights: the public code AVERAGES the two segmentation losses and weights CSC and CAC 1; we SUM them (as the joint
+  baseline does, so that each step's segmentation gradient is joint's) and double the weights (2 and 2): the same
+  ratios. ST is summed over the modalities like seg, so weight 1 weighs it like a segmentation cross-entropy.
 
 Cases: a case is unlabelled when nnU-Net's preprocessing found no voxel outside the ignore label. The fold's split is
 nnU-Net's, except that unlabelled cases of the validation set move to the training cases (there is nothing to validate
@@ -39,18 +54,27 @@ Set the same variables again for ``--c`` and ``--val``.
 ===================  =======================================  =======  ================================================
 setting              environment variable                     default  meaning
 ===================  =======================================  =======  ================================================
-csc_weight           nnUNet_unpaired_cmc_csc_weight           0.1      weight of CSC at the end of its warm-up
-cac_weight           nnUNet_unpaired_cmc_cac_weight           1.0      weight of CAC at the start of its ramp-down
+csc_weight           nnUNet_unpaired_cmc_csc_weight           2.0      weight of CSC at the end of its warm-up
+cac_weight           nnUNet_unpaired_cmc_cac_weight           2.0      weight of CAC at the start of its ramp-down
+unlabelled_start     nnUNet_unpaired_cmc_start                0.7      share of training before CSC and CAC begin
+st_weight            nnUNet_unpaired_cmc_st_weight            1.0      weight of ST at the end of its warm-up
+st_threshold         nnUNet_unpaired_cmc_st_threshold         0.9      teacher confidence a pseudo-label needs
+ema_decay            nnUNet_unpaired_cmc_ema_decay            0.99     the mean teacher's EMA decay
 csc_temperature      nnUNet_unpaired_cmc_temperature          0.5      NT-Xent temperature of CSC
 csc_descriptor       nnUNet_unpaired_cmc_csc_descriptor       gram     ``gram`` (misalignment-invariant) or ``spatial``
 cac_mode             nnUNet_unpaired_cmc_cac_mode             pooled   ``pooled`` (class composition) or ``voxel``
 self_fusion_prob     nnUNet_unpaired_cmc_self_fusion          0.5      share of labelled samples fused with themselves
 ===================  =======================================  =======  ================================================
 
-The defaults are provisional, to be settled by the benchmark. ``csc_weight`` is 0.1, not the public code's 1.0: on
-the phantom the unweighted CSC gave the encoder a gradient about twice as large as each segmentation loss
-(docs/cmc.md), so at weight 1 the auxiliary term would dominate training once its warm-up ends. With both weights 0
-the unlabelled pass is skipped (joint training of the fusion network on the labelled cases).
+The defaults are provisional, to be settled by the benchmark: CSC, CAC and their schedules are the public code's;
+ST's threshold and decay are common choices (FixMatch's thresholds are 0.95, mean teacher's decay 0.99-0.999), not
+tuned here. Our first version weighted CSC 0.1 from the start (its gradient was about twice each segmentation loss's
+on the phantom, docs/cmc.md); with the public code's late start its weight is the public code's again. With all
+three weights 0 the unlabelled pass is skipped (joint training of the fusion network on the labelled cases:
+``nnUNetTrainerCMCLabelledOnly``); the pass is also skipped while every weight is 0 (before the late start when
+``st_weight`` is 0). Ablations, one term each: ``nnUNetTrainerCMCCSCOnly``, ``nnUNetTrainerCMCCACOnly``,
+``nnUNetTrainerCMCSelfTrainingOnly``.
+
 Not supported (raise at start): multi-GPU DDP (the base class), region-based labels.
 """
 
@@ -71,19 +95,26 @@ from torch import nn
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.losses.cross_modal_consistency import (CAC_MODES, CSC_DESCRIPTORS, AnatomicalConsistencyLoss,
                                                             ChannelSemanticConsistencyLoss)
+from nnunet_unpaired.losses.pseudo_label import ConfidentPseudoLabelLoss
 from nnunet_unpaired.losses.ramps import cosine_rampdown, warmup_ramp
 from nnunet_unpaired.modules.cmc_network import CMCNetwork, build_cmc_network
+from nnunet_unpaired.modules.mean_teacher import EMATeacher, perturb_intensities
 from nnunet_unpaired.semisupervised import split_labelled
 from nnunet_unpaired.training.unpaired_joint import nnUNetTrainerUnpairedJoint
 
 PLANS_KEY = "cmc"
 PARTNER_HEAD = "partner_head"
+TEACHER = "teacher"
 _CUDA = torch.device("cuda")  # nnU-Net's default device, as in nnUNetTrainer.__init__
 
 # name -> (environment variable, parser, check, what the check expects)
 SETTINGS = {
     "csc_weight": ("nnUNet_unpaired_cmc_csc_weight", float, lambda v: v >= 0, "a number >= 0"),
     "cac_weight": ("nnUNet_unpaired_cmc_cac_weight", float, lambda v: v >= 0, "a number >= 0"),
+    "unlabelled_start": ("nnUNet_unpaired_cmc_start", float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "st_weight": ("nnUNet_unpaired_cmc_st_weight", float, lambda v: v >= 0, "a number >= 0"),
+    "st_threshold": ("nnUNet_unpaired_cmc_st_threshold", float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "ema_decay": ("nnUNet_unpaired_cmc_ema_decay", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "csc_temperature": ("nnUNet_unpaired_cmc_temperature", float, lambda v: v > 0, "a number > 0"),
     "csc_descriptor": ("nnUNet_unpaired_cmc_csc_descriptor", str, lambda v: v in CSC_DESCRIPTORS,
                        f"one of {CSC_DESCRIPTORS}"),
@@ -128,8 +159,12 @@ def _highest_resolution(output):
 class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
     """Cross-modality collaboration (Zhou et al., MICCAI 2024) for nnU-Net; see the module docstring."""
 
-    csc_weight: float = 0.1
-    cac_weight: float = 1.0
+    csc_weight: float = 2.0
+    cac_weight: float = 2.0
+    unlabelled_start: float = 0.7
+    st_weight: float = 1.0
+    st_threshold: float = 0.9
+    ema_decay: float = 0.99
     csc_temperature: float = 0.5
     csc_descriptor: str = "gram"
     cac_mode: str = "pooled"
@@ -149,6 +184,7 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
         self._partner["plans_manager"].plans[PLANS_KEY] = dict(settings)
         self.csc_loss = ChannelSemanticConsistencyLoss(self.csc_temperature, self.csc_descriptor)
         self.cac_loss = AnatomicalConsistencyLoss(self.cac_mode)
+        self.st_loss = ConfidentPseudoLabelLoss(self.st_threshold)
         self.dataloader_unlabelled = self.dataloader_unlabelled_partner = None
         self._case_subset: Optional[str] = None
         self._case_flags: Dict[str, Dict[str, bool]] = {}
@@ -172,12 +208,21 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
         return self.training_modules[PARTNER_HEAD] if PARTNER_HEAD in self.training_modules else None
 
     @property
+    def teacher(self) -> Optional[EMATeacher]:
+        """The mean teacher of ST (copies of the network and B's head), or None when ST is off."""
+        return self.training_modules[TEACHER] if TEACHER in self.training_modules else None
+
+    @property
     def uses_unlabelled(self) -> bool:
-        return self.csc_weight > 0 or self.cac_weight > 0
+        return self.csc_weight > 0 or self.cac_weight > 0 or self.st_weight > 0
 
     # ------------------------------------------------------------------------------------- partner head, export
     def build_training_modules(self) -> Dict[str, nn.Module]:
-        return {**super().build_training_modules(), PARTNER_HEAD: self.cmc_network().new_head()}
+        head_b = self.cmc_network().new_head()
+        modules = {**super().build_training_modules(), PARTNER_HEAD: head_b}
+        if self.st_weight > 0:  # not optimized (no parameter requires a gradient): see initialize in the base class
+            modules[TEACHER] = EMATeacher([self.cmc_network(), head_b], self.ema_decay)
+        return modules
 
     @torch.no_grad()
     def _swap_heads(self) -> None:
@@ -282,57 +327,101 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
             _finish(loader)
 
     # ------------------------------------------------------------------------------------------------ losses
-    def consistency_weights(self, epoch: float) -> Tuple[float, float]:
-        """``(w_csc, w_cac)`` at ``epoch``: CSC warms up and CAC ramps down over the whole training."""
-        return (self.csc_weight * warmup_ramp(epoch, self.num_epochs),
-                self.cac_weight * cosine_rampdown(epoch, self.num_epochs))
+    def consistency_weights(self, epoch: float) -> Tuple[float, float, float]:
+        """``(w_csc, w_cac, w_st)`` at ``epoch``: CSC warms up and CAC ramps down over the whole training, both zero
+        before ``unlabelled_start`` of it (the public code's schedule); ST warms up from the start."""
+        started = epoch >= self.unlabelled_start * self.num_epochs
+        return (self.csc_weight * warmup_ramp(epoch, self.num_epochs) if started else 0.0,
+                self.cac_weight * cosine_rampdown(epoch, self.num_epochs) if started else 0.0,
+                self.st_weight * warmup_ramp(epoch, self.num_epochs))
 
     def train_step(self, batch: dict) -> dict:
-        if self.uses_unlabelled:
+        if self.uses_unlabelled and any(w > 0 for w in self.consistency_weights(self.current_epoch)):
             loaders = (self.dataloader_unlabelled, self.dataloader_unlabelled_partner)
             self._unlabelled_pair = tuple(next(loader)["data"].to(self.device, non_blocking=True) for loader in loaders)
         try:
-            return super().train_step(batch)
+            result = super().train_step(batch)
         finally:
             self._unlabelled_pair = None
+        if self.teacher is not None:
+            self.teacher.update([self.cmc_network(), self.partner_head])
+        return result
 
     def compute_losses(self, data_a, target_a, data_b, target_b) -> Dict[str, torch.Tensor]:
         head_b = self.partner_head
-        mask = None
-        if self.self_fusion_prob > 0:
-            mask = torch.rand(data_a.shape[0], device=data_a.device) < self.self_fusion_prob
+        # always a mask (all False without self-fusion), so the labelled and the unlabelled pass share one graph
+        mask = torch.rand(data_a.shape[0], device=data_a.device) < self.self_fusion_prob
         # through self.network, nnU-Net's (compiled, where nnU-Net compiles) module: its forward takes the pair too
         labelled = self.network(data_a, data_b, head_b, mask)
         terms = {"seg_A": self.loss(labelled.output_a, target_a), "seg_B": self.loss(labelled.output_b, target_b)}
-        total = terms["seg_A"] + terms["seg_B"]
-        if self.uses_unlabelled:
-            if self._unlabelled_pair is None:
-                raise RuntimeError("compute_losses needs the unlabelled batches that train_step draws")
-            # an all-False self-fusion mask (none where the labelled pair has none): the labelled pair's graph again
-            unlabelled = self.network(*self._unlabelled_pair, head_b, None if mask is None else torch.zeros_like(mask))
-            w_csc, w_cac = self.consistency_weights(self.current_epoch)
-            csc = self.csc_loss(unlabelled.bottleneck_a, unlabelled.bottleneck_b)
-            cac = self.cac_loss(torch.softmax(_highest_resolution(unlabelled.output_a).float(), 1),
-                                torch.softmax(_highest_resolution(unlabelled.output_b).float(), 1))
-            terms.update({"csc": w_csc * csc, "cac": w_cac * cac, "csc_unweighted": csc.detach(),
-                          "cac_unweighted": cac.detach(), "w_csc": torch.tensor(w_csc), "w_cac": torch.tensor(w_cac)})
-            total = total + terms["csc"] + terms["cac"]
-        terms["loss"] = total
+        if self._unlabelled_pair is not None:
+            terms.update(self.unlabelled_losses(*self._unlabelled_pair))
+        terms["loss"] = sum(v for k, v in terms.items() if k in ("seg_A", "seg_B", "csc", "cac", "st"))
+        return terms
+
+    def unlabelled_losses(self, data_a: torch.Tensor, data_b: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The weighted unlabelled terms (``csc``, ``cac``, ``st``) and, for the log, their unweighted values, the
+        weights and the teacher's confident share, on the deployed path (each sample fused with itself)."""
+        w_csc, w_cac, w_st = self.consistency_weights(self.current_epoch)
+        self_fused = torch.ones(data_a.shape[0], dtype=torch.bool, device=data_a.device)
+        student_in = (data_a, data_b)
+        if self.teacher is not None:
+            with torch.no_grad():
+                network, head_b = self.teacher.copies
+                taught = network(data_a, data_b, head_b, self_fused)
+            student_in = (perturb_intensities(data_a), perturb_intensities(data_b))
+        student = self.network(*student_in, self.partner_head, self_fused)
+        out_a, out_b = _highest_resolution(student.output_a), _highest_resolution(student.output_b)
+        csc = self.csc_loss(student.bottleneck_a, student.bottleneck_b)
+        cac = self.cac_loss(torch.softmax(out_a.float(), 1), torch.softmax(out_b.float(), 1))
+        terms = {"csc": w_csc * csc, "cac": w_cac * cac, "csc_unweighted": csc.detach(),
+                 "cac_unweighted": cac.detach(), "w_csc": torch.tensor(w_csc), "w_cac": torch.tensor(w_cac),
+                 "w_st": torch.tensor(w_st)}
+        if self.teacher is not None:
+            st_a, share_a = self.st_loss(out_a, torch.softmax(_highest_resolution(taught.output_a).float(), 1))
+            st_b, share_b = self.st_loss(out_b, torch.softmax(_highest_resolution(taught.output_b).float(), 1))
+            terms.update({"st": w_st * (st_a + st_b), "st_unweighted": (st_a + st_b).detach(),
+                          "st_confident": (share_a + share_b) / 2})
         return terms
 
 
 class nnUNetTrainerCMCPublicForm(nnUNetTrainerCMC):
-    """The public code's loss forms and CSC weight (defects fixed): voxel-wise CSC and CAC, no self-fusion training.
+    """The public code's loss forms (defects fixed): voxel-wise CSC and CAC, no self-fusion training, no ST.
 
     For aligned (paired) data and for comparison in the misalignment experiments."""
 
-    csc_weight = 1.0
+    csc_weight = 2.0
     csc_descriptor = "spatial"
     cac_mode = "voxel"
     self_fusion_prob = 0.0
+    st_weight = 0.0
 
 
 class nnUNetTrainerCMCNoSelfFusion(nnUNetTrainerCMC):
     """CMC whose fusion never sees the single-input case in training (for the single-modality measurement)."""
 
     self_fusion_prob = 0.0
+
+
+class nnUNetTrainerCMCLabelledOnly(nnUNetTrainerCMC):
+    """Ablation: CMC's architecture and labelled training, no unlabelled term (nor the unlabelled pass)."""
+
+    csc_weight = cac_weight = st_weight = 0.0
+
+
+class nnUNetTrainerCMCCSCOnly(nnUNetTrainerCMC):
+    """Ablation: the channel-wise semantic consistency (CSC) as the only unlabelled term."""
+
+    cac_weight = st_weight = 0.0
+
+
+class nnUNetTrainerCMCCACOnly(nnUNetTrainerCMC):
+    """Ablation: the anatomical consistency (CAC) as the only unlabelled term."""
+
+    csc_weight = st_weight = 0.0
+
+
+class nnUNetTrainerCMCSelfTrainingOnly(nnUNetTrainerCMC):
+    """Ablation: the same-modality mean-teacher pseudo-labels (ST) as the only unlabelled term."""
+
+    csc_weight = cac_weight = 0.0
