@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # The cpu-small semi-supervised benchmark (CMC, docs/cmc.md): synthetic phantom (2D configuration, small network),
-# 10 % and 20 % labelled training cases per modality, and 10 % with modality B spatially misaligned; in each setting
-# CMC against vanilla nnU-Net (per modality, labelled cases) and the joint trainer (labelled cases of both). Then the
-# semi results section of docs/benchmarks.md.
+# 10 % and 20 % labelled training cases per modality; in each setting CMC against vanilla nnU-Net (per modality,
+# labelled cases) and the joint trainer (labelled cases of both). Then the semi results section of docs/benchmarks.md.
 #
-#   benchmarks/run_cpu_small_semi.sh                  # about 40 min on 2 idle CPU cores; reruns resume
+#   benchmarks/run_cpu_small_semi.sh                  # about 25 min on 2 idle CPU cores; reruns resume
 #   BENCHMARK_DATE=2026-11-22 benchmarks/run_cpu_small_semi.sh    # resume a run started on another day
 #   benchmarks/run_cpu_small_semi.sh --restart        # extra options go to 'nnunet_unpaired benchmark'
 #

@@ -1,6 +1,6 @@
 """The semi benchmark experiment (nnunet_unpaired/benchmark/semi.py), in seconds: nnU-Net's commands are replaced by
-a fake that records what would have been trained on which data and split; the data steps (misalignment,
-make-semisupervised), the evaluation and the report run for real on a small phantom."""
+a fake that records what would have been trained on which data and split; the data step (make-semisupervised), the
+evaluation and the report run for real on a small phantom."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_unpaired.benchmark import config, data, registry, report, semi, steps
+from nnunet_unpaired.benchmark.comparison import paired_difference
 from nnunet_unpaired.benchmark.config import BenchmarkSpec, ExperimentInput, RunOptions
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.semisupervised import MARKER_KEY
@@ -47,15 +48,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 
 def _array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-
-
-def _unexplained(image: np.ndarray, label: np.ndarray) -> float:
-    """Variance of the image left after subtracting each label's mean intensity."""
-    image = image.astype(float)
-    means = np.zeros_like(image)
-    for value in np.unique(label):
-        means[label == value] = image[label == value].mean()
-    return float(((image - means) ** 2).mean())
 
 
 class FakeNNUNet:
@@ -132,12 +124,13 @@ def test_semi_splits_train_on_labelled_validate_per_method():
 
 
 def test_settings_folds_and_methods_are_checked():
-    names = [s.name for s in semi.semi_settings((20, 10, 20), True)]
-    assert names == ["semi-10", "semi-10-misaligned", "semi-20"]
-    assert [s.name for s in semi.semi_settings((10,), False)] == ["semi-10"]
+    settings = semi.semi_settings((20, 10, 20))
+    assert [s.name for s in settings] == ["semi-10", "semi-20"]
+    assert [s.title for s in settings] == ["semi 10 % labelled", "semi 20 % labelled"]
+    assert [s.name for s in semi.semi_settings((10,))] == ["semi-10"]
     for bad in ((), (0,), (100,)):
         with pytest.raises(UserError, match="semi-labelled|labelled share"):
-            semi.semi_settings(bad, True)
+            semi.semi_settings(bad)
     assert semi.semi_folds(("0", "3")) == ["0", "3"]
     for bad in (("all",), ("5",)):
         with pytest.raises(UserError, match="--folds"):
@@ -149,57 +142,6 @@ def test_settings_folds_and_methods_are_checked():
         semi.semi_methods([registry.get("vanilla")], lines.append)
 
 
-def test_rigid_transform_shifts_and_rotates_in_physical_units():
-    label = np.zeros((2, 20, 20), np.uint8)
-    label[:, 5:8, 5:8] = 1
-    moved = semi.rigid_transform(label, (3.0, 2.0, 1.0), (1, 2), 0.0, [4.0, -1.0], order=0, cval=0)
-    assert moved.dtype == np.uint8
-    assert (np.argwhere(moved[0]).min(0) == [7, 4]).all() and (np.argwhere(moved[1]).max(0) == [9, 6]).all()
-    turned = semi.rigid_transform(label, (1.0, 1.0, 1.0), (1, 2), 90.0, [0.0, 0.0], order=0, cval=0)
-    assert turned.sum() == label.sum() and (np.argwhere(turned[0]).min(0) == [12, 5]).all()
-    image = np.full((2, 20, 20), -1000, np.int16)
-    out = semi.rigid_transform(image, (1.0, 1.0, 1.0), (1, 2), 10.0, [3.0, 3.0], order=1, cval=-1000.0)
-    assert out.dtype == np.int16 and (out == -1000).all()
-    assert semi.in_plane_axes((4.0, 1.8, 1.8)) == (1, 2) and semi.in_plane_axes((1.0, 1.0, 3.0)) == (0, 1)
-
-
-def test_misalignment_moves_images_and_labels_together_and_leaves_the_rest(tmp_path):
-    inp = _input(tmp_path)
-    source = inp.b.raw
-    before = _snapshot(source)
-    first = semi.misalign_dataset(source, tmp_path / "raw" / "Dataset913_X", log=lambda _: None)
-    again = semi.misalign_dataset(source, tmp_path / "other" / "Dataset913_X", log=lambda _: None)
-    assert first == again  # seeded
-    assert _snapshot(source) == before  # the source is only read
-    copy = tmp_path / "raw" / "Dataset913_X"
-    assert json.loads((copy / "dataset.json").read_text())[semi.MISALIGNED_KEY]["cases"] == first["cases"]
-    for case, params in first["cases"].items():
-        assert abs(params["rotation_degrees"]) <= semi.MAX_ROTATION_DEGREES and params["axes"] == [1, 2]
-        image = _array(copy / "imagesTr" / f"{case}_0000.nii.gz")
-        label = _array(copy / "labelsTr" / f"{case}.nii.gz")
-        original = _array(source / "labelsTr" / f"{case}.nii.gz")
-        assert not np.array_equal(label, original) and set(np.unique(label)) <= set(np.unique(original))
-        # image and label moved alike: the moved label map explains the moved image (each structure has its own
-        # intensity) about as well as the original label map explains the original image (interpolation blurs a
-        # little), and better than the original label map explains the moved image
-        fit = _unexplained(image, label)
-        assert fit < 1.3 * _unexplained(_array(source / "imagesTr" / f"{case}_0000.nii.gz"), original)
-        assert fit < _unexplained(image, original)
-        for ours, theirs in ((copy / "imagesTr" / f"{case}_0000.nii.gz", source / "imagesTr" / f"{case}_0000.nii.gz"),
-                             (copy / "labelsTr" / f"{case}.nii.gz", source / "labelsTr" / f"{case}.nii.gz")):
-            assert ours.stat().st_ino != theirs.stat().st_ino
-    for sub in ("imagesTs", "labelsTs"):  # test cases untouched: the very same files
-        for path in (source / sub).iterdir():
-            assert (copy / sub / path.name).read_bytes() == path.read_bytes()
-    # a folder it did not write is never replaced
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "dataset.json").write_text("{}")
-    with pytest.raises(UserError, match="not written by"):
-        semi.misalign_dataset(source, foreign, log=lambda _: None)
-    assert (foreign / "dataset.json").read_text() == "{}"
-
-
 # ----------------------------------------------------------------------------------------------- the experiment
 
 
@@ -207,13 +149,13 @@ def test_semi_experiment_trains_each_method_on_its_cases(tmp_path, fake):
     inp = _input(tmp_path)
     raw_before = _snapshot(inp.result / "phantom_raw")
     summaries = semi.run_settings(inp)
-    assert [s["name"] for s in summaries] == ["semi-20", "semi-20-misaligned"]
+    assert [s["name"] for s in summaries] == ["semi-20"]
     assert _snapshot(inp.result / "phantom_raw") == raw_before
 
     # per setting: vanilla on A and on B, joint on A (+B), cmc on A (+B); fold 0
     assert [(t["trainer"], t["dataset"][:10]) for t in fake.trainings] == [
         ("nnUNetTrainerVanilla", "Dataset911"), ("nnUNetTrainerVanilla", "Dataset912"),
-        ("nnUNetTrainerUnpairedJoint", "Dataset911"), ("nnUNetTrainerCMC", "Dataset911")] * 2
+        ("nnUNetTrainerUnpairedJoint", "Dataset911"), ("nnUNetTrainerCMC", "Dataset911")]
     assert {t["fold"] for t in fake.trainings} == {"0"}
     for training in fake.trainings:
         for name, splits in training["splits"].items():
@@ -231,27 +173,18 @@ def test_semi_experiment_trains_each_method_on_its_cases(tmp_path, fake):
             for case in record["unlabelled"]:
                 assert (_array(training["raw"] / name / "labelsTr" / f"{case}.nii.gz") == IGNORE).all()
 
-    aligned, misaligned = (inp.result / name / "nnunet" / "nnUNet_raw" for name in ("semi-20", "semi-20-misaligned"))
-    names = sorted(p.name for p in misaligned.iterdir())
-    assert names == ["Dataset911_PhantomCTSemi20", "Dataset912_PhantomMRMisalignedSemi20",
-                     "Dataset913_PhantomMRMisaligned"]
-    assert sorted(p.name for p in aligned.iterdir()) == ["Dataset911_PhantomCTSemi20", "Dataset912_PhantomMRSemi20"]
-    source_b = inp.b.raw
-    for raw in (aligned, misaligned):
-        b = raw / ("Dataset912_PhantomMRMisalignedSemi20" if raw == misaligned else "Dataset912_PhantomMRSemi20")
+    raw = inp.result / "semi-20" / "nnunet" / "nnUNet_raw"
+    assert sorted(p.name for p in raw.iterdir()) == ["Dataset911_PhantomCTSemi20", "Dataset912_PhantomMRSemi20"]
+    for copy, source in ((raw / "Dataset911_PhantomCTSemi20", inp.a.raw),
+                         (raw / "Dataset912_PhantomMRSemi20", inp.b.raw)):
         for sub in ("imagesTs", "labelsTs"):  # the test cases are the source's own files
-            assert sorted(p.name for p in (b / sub).iterdir()) == sorted(p.name for p in (source_b / sub).iterdir())
-            for path in (source_b / sub).iterdir():
-                assert (b / sub / path.name).read_bytes() == path.read_bytes()
-        # the same labelled cases in both settings; A identical, B moved only when misaligned
-        record = json.loads((b / "dataset.json").read_text())[MARKER_KEY]
-        case = record["labelled"][0]
-        moved = _array(b / "labelsTr" / f"{case}.nii.gz")
-        assert np.array_equal(moved, _array(source_b / "labelsTr" / f"{case}.nii.gz")) == (raw == aligned)
-        assert (semi.MISALIGNED_KEY in json.loads((b / "dataset.json").read_text())) == (raw == misaligned)
-    a_cases = [json.loads((raw / "Dataset911_PhantomCTSemi20" / "dataset.json").read_text())[MARKER_KEY]["labelled"]
-               for raw in (aligned, misaligned)]
-    assert a_cases[0] == a_cases[1]
+            assert sorted(p.name for p in (copy / sub).iterdir()) == sorted(p.name for p in (source / sub).iterdir())
+            for path in (source / sub).iterdir():
+                assert (copy / sub / path.name).read_bytes() == path.read_bytes()
+        # a labelled training case is the source's case, unmoved
+        case = json.loads((copy / "dataset.json").read_text())[MARKER_KEY]["labelled"][0]
+        assert np.array_equal(_array(copy / "labelsTr" / f"{case}.nii.gz"),
+                              _array(source / "labelsTr" / f"{case}.nii.gz"))
 
     # evaluation: the test cases of both modalities, without the ignore label as a structure
     summary = summaries[0]
@@ -263,8 +196,8 @@ def test_semi_experiment_trains_each_method_on_its_cases(tmp_path, fake):
     assert "| vanilla |" in headline and "| joint |" in headline and "| cmc |" in headline
     assert "Δ +1.000" in headline  # the fake's cmc predictions are perfect, vanilla's empty
     assert "CMC settings" in headline and "csc_weight 0.1" in headline
-    assert "Target of issue 7" not in headline  # only at 10 %
-    assert "B misaligned" in summaries[1]["title"] and "rigid transform" in summaries[1]["note"]
+    assert "Target of issue 17" not in headline  # only at 10 %
+    assert summary["title"] == "semi 20 % labelled" and "rigid transform" not in summary["note"]
     assert (inp.result / "semi-20" / "report" / "results.md").is_file()
 
     # resume: nothing trains again
@@ -274,7 +207,7 @@ def test_semi_experiment_trains_each_method_on_its_cases(tmp_path, fake):
 
 
 def test_splits_are_written_before_every_training_also_on_resume(tmp_path, fake):
-    inp = _input(tmp_path, semi_misaligned=False)
+    inp = _input(tmp_path)
     semi.run_settings(inp)
     pre = inp.result / "semi-20" / "nnunet" / "nnUNet_preprocessed" / "Dataset911_PhantomCTSemi20"
     wanted = json.loads((pre / "splits_final.json").read_text())  # the last method's: cmc
@@ -298,7 +231,46 @@ def test_target_line_at_ten_percent():
     text = semi.headline_table(rows, costs, ["vanilla", "cmc"], ["A", "B"], target=True)
     assert "| vanilla | 0.500 | 0.600 | 2.0 min | 1.00x | 0.200 | 1.00x |" in text
     assert "| cmc | 0.540 (Δ +0.040) | 0.620 (Δ +0.020) | 4.0 min | 2.00x | n/a | n/a |" in text
-    assert "not met (Δ +4.0, +2.0 points)" in text
+    # one test case and no joint: no interval, so the target of issue 17 is not met
+    assert "Target of issue 17" in text and "): not met." in text
+    assert "Δ vs vanilla +0.040 [interval n/a: 1 run(s) x 1 case(s)], Δ vs joint n/a" in text
+    assert semi.headline_table(rows, costs, ["vanilla", "cmc"], ["A", "B"]).count("Target") == 0  # not at 10 %
+
+
+def _target_rows(scores: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """Metric rows: method -> modality -> one Dice per test case (one structure, one run)."""
+    return [{"method": m, "modality": mod, "structure": "s", "dice": d, "fold": "0", "seed": None, "case": f"c{i}"}
+            for m, per_modality in scores.items() for mod, values in per_modality.items()
+            for i, d in enumerate(values)]
+
+
+def test_target_line_needs_every_interval_above_zero_and_cmc_above_labelled_only():
+    vanilla = {"A": [0.50, 0.60, 0.55, 0.40], "B": [0.50, 0.45, 0.60, 0.70]}
+    joint = {"A": [0.60, 0.62, 0.58, 0.50], "B": [0.60, 0.55, 0.70, 0.80]}
+    labelled_only = {"A": [0.60] * 4, "B": [0.60] * 4}
+    above = {"A": [0.70, 0.75, 0.72, 0.65], "B": [0.65, 0.62, 0.75, 0.84]}  # above both on every case
+    mixed = {"A": above["A"], "B": [0.65, 0.50, 0.71, 0.80]}  # B vs joint: +0.05, -0.05, +0.01, 0.00
+    met = semi.target_line(_target_rows({"vanilla": vanilla, "joint": joint, "cmc": above,
+                                         "cmc-labelled-only": labelled_only}), ["A", "B"])
+    assert "Target of issue 17" in met and "): met." in met and "not" not in met.split("):")[1]
+    assert "mean Dice cmc-labelled-only 0.600 < cmc 0.705" in met
+    d = paired_difference(_target_rows({"joint": joint, "cmc": mixed}), "cmc", "joint", "B")
+    assert d.low < 0 < d.high  # the interval vs joint on B contains zero
+    not_met = semi.target_line(_target_rows({"vanilla": vanilla, "joint": joint, "cmc": mixed,
+                                             "cmc-labelled-only": labelled_only}), ["A", "B"])
+    assert "): not met." in not_met and "B: Δ vs vanilla" in not_met
+    assert f"Δ vs joint {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" in not_met
+    # every interval above zero, but cmc-labelled-only not below cmc on B
+    worse = semi.target_line(_target_rows({"vanilla": vanilla, "joint": joint, "cmc": above,
+                                           "cmc-labelled-only": {"A": [0.6] * 4, "B": [0.9] * 4}}), ["A", "B"])
+    assert "): not met." in worse and "mean Dice cmc-labelled-only 0.900 not < cmc 0.715" in worse
+    # cmc-labelled-only not run: only the intervals decide, and the line says so
+    rows = _target_rows({"vanilla": vanilla, "joint": joint, "cmc": above})
+    alone = semi.target_line(rows, ["A", "B"], ablation=False)
+    assert "): met." in alone and "not checked: it was not run" in alone
+    costs = [{"method": m, "training_wall_seconds": 60.0, "seconds_per_iteration": 0.2}
+             for m in ("vanilla", "joint", "cmc")]
+    assert alone in semi.headline_table(rows, costs, ["vanilla", "joint", "cmc"], ["A", "B"], target=True)
 
 
 def test_refusals_before_anything_trains(tmp_path, fake):

@@ -71,8 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "target (default: both)")
     parser.add_argument("--semi-labelled", type=int, nargs="+", default=[10, 20], metavar="PERCENT",
                         help="semi methods (cmc): share of labelled training cases per modality (default: 10 20)")
-    parser.add_argument("--no-semi-misaligned", action="store_true",
-                        help="semi methods: skip the settings with modality B spatially misaligned")
     parser.add_argument("--multichannel-dataset", default=none,
                         help="multichannel methods (maml): a raw multi-channel dataset in $nnUNet_raw (id or name) "
                              "with imagesTs/labelsTs; default: the built-in multi-channel phantom")
@@ -134,7 +132,6 @@ def build(args: argparse.Namespace):
                          plan_processes=args.num_processes,
                          uda_directions=tuple(dict.fromkeys(args.uda_directions)),
                          semi_percent=tuple(dict.fromkeys(args.semi_labelled)),
-                         semi_misaligned=not args.no_semi_misaligned,
                          multichannel_dataset=args.multichannel_dataset, mechanism=not args.no_mechanism,
                          multichannel_phantom=args.multichannel_phantom)
     if any(not 0 < p < 100 for p in options.semi_percent):

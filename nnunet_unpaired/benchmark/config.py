@@ -141,7 +141,6 @@ class RunOptions:
     # experiments (kinds with settings of their own, see EXPERIMENTS)
     uda_directions: tuple[str, ...] = ("a2b", "b2a")  # uda: source -> target, a2b = A labelled, B the target
     semi_percent: tuple[int, ...] = (10, 20)  # semi: share of labelled training cases per modality, in percent
-    semi_misaligned: bool = True  # semi: also each share with modality B spatially misaligned
     multichannel_dataset: str | None = None  # multichannel: the user's raw multi-channel dataset; None: the phantom
     #: multichannel: the phantom's layout (phantom_multichannel.LAYOUTS): "redundant" (a missing channel can be
     #: compensated) or "exclusive" (the stress case)
