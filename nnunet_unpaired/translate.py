@@ -72,6 +72,7 @@ def load_style_model(path: str, device: str = "cpu"):
     import torch
 
     from nnunet_unpaired.modules.style_transfer import StyleConfig, StyleTransferGenerator
+    from nnunet_unpaired.training.glua_style import style_generator_weights
     from nnunet_unpaired.training.source_only import EXTRAS_KEY
     from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY
 
@@ -83,8 +84,7 @@ def load_style_model(path: str, device: str = "cpu"):
     if config is None or "training_modules" not in extras:
         raise UserError(f"{path} holds no style-transfer model: use the checkpoint of {DEFAULT_TRAINER} (or of a "
                         f"GLUA stage-2 trainer) in the SOURCE dataset's model folder")
-    prefix = "style_generator."
-    weights = {k[len(prefix):]: v for k, v in extras["training_modules"].items() if k.startswith(prefix)}
+    weights = style_generator_weights(extras["training_modules"])  # the EMA generator of stage 1 where there is one
     generator = StyleTransferGenerator(StyleConfig(**config))
     generator.load_state_dict(weights)
     return generator.to(device).eval(), checkpoint["init_args"], extras["partner"]
@@ -129,14 +129,14 @@ def translate_volume(generator, image: np.ndarray, style_image: np.ndarray, two_
     with torch.no_grad():
         if two_d:
             reference = torch.from_numpy(style_image[:, style_image.shape[1] // 2][None]).to(device)
-            style = generator.style_encoders["target"](reference)
+            style = generator.style_of(reference)
             slices = torch.from_numpy(np.moveaxis(image, 1, 0).copy())  # (Z, C, Y, X): one 2D image per slice
-            out = [generator.translate(chunk.to(device), style).cpu() for chunk in slices.split(SLICE_BATCH)]
+            out = [generator.translate_normalized(chunk.to(device), style).cpu() for chunk in slices.split(SLICE_BATCH)]
             return image, np.moveaxis(torch.cat(out).numpy(), 0, 1)
         crop = _center_crop(image, patch_size)
         reference = torch.from_numpy(_center_crop(style_image, patch_size)[None].copy()).to(device)
-        style = generator.style_encoders["target"](reference)
-        out = generator.translate(torch.from_numpy(crop[None].copy()).to(device), style)
+        style = generator.style_of(reference)
+        out = generator.translate_normalized(torch.from_numpy(crop[None].copy()).to(device), style)
         return crop, out[0].cpu().numpy()
 
 

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nnunet_unpaired.losses.adversarial import AdversarialLoss, ShapePreservationLoss, StyleTransferLoss
 from nnunet_unpaired.modules.style_transfer import StyleConfig, StyleTransferGenerator
@@ -178,7 +179,9 @@ def test_style_transfer_terms_weights_and_zero_cases():
     scores = torch.ones(2, 1, 4, 4)  # fakes scored real: no adversarial generator loss
     base = StyleTransferLoss(image_reconstruction=1, content_reconstruction=1, style_reconstruction=1,
                              adversarial=1, shape=1).generator_terms(p, scores, scores)
-    assert set(base) == {"st_rec", "st_content", "st_style", "st_adv", "st_shape"}
+    assert set(base) == {"st_rec", "st_content", "st_style", "st_adv", "st_shape", "st_cycle"}
+    cycle = F.l1_loss(p.cycle_source, p.source) + F.l1_loss(p.cycle_target, p.target)
+    assert base["st_cycle"].item() == pytest.approx(10 * cycle.item(), rel=1e-6)  # default cycle weight 10
     assert base["st_adv"].item() == pytest.approx(0.0, abs=1e-7)
     doubled = StyleTransferLoss(image_reconstruction=2, content_reconstruction=3, style_reconstruction=4,
                                 adversarial=1, shape=5).generator_terms(p, scores, scores)
@@ -187,6 +190,14 @@ def test_style_transfer_terms_weights_and_zero_cases():
     # lsgan generator on fakes scored 0: mean((0 - 1)^2) per discriminator, two discriminators
     zero = torch.zeros(2, 1, 4, 4)
     assert StyleTransferLoss().generator_terms(p, zero, zero)["st_adv"].item() == pytest.approx(2.0)
+    # content adversarial: the encoder wants the content discriminator to say 0.5 ("cannot tell") for both domains
+    half, one = torch.full((2, 1, 4, 4), 0.5), torch.ones(2, 1, 4, 4)
+    loss = StyleTransferLoss(content_adversarial=2.0)
+    assert loss.generator_terms(p, scores, scores, (half, half))["st_content_adv"].item() == pytest.approx(0.0)
+    assert loss.generator_terms(p, scores, scores, (one, zero))["st_content_adv"].item() == pytest.approx(
+        2.0 * (0.25 + 0.25))
+    assert loss.content_discriminator_loss(one, zero).item() == pytest.approx(0.0)  # source 1, target 0: perfect
+    assert loss.content_discriminator_loss(zero, one).item() == pytest.approx(1.0)
     total = sum(base.values())
     total.backward()
     assert all(torch.isfinite(q.grad).all() for q in generator.parameters() if q.grad is not None)

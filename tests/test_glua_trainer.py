@@ -68,13 +68,13 @@ def _snapshot(module):
 
 @pytest.fixture(scope="module")
 def style_checkpoint(planned_pair, tmp_path_factory):
-    """A stage-1 checkpoint (a few steps) saved where stage 2 looks for it by default (fold 0)."""
+    """A stage-1 checkpoint (a 2-step translation phase) saved where stage 2 looks for it by default (fold 0)."""
     _, env = planned_pair
     with pytest.MonkeyPatch.context() as monkeypatch:
-        trainer = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=0, seed=0)
-        for _ in range(2):
-            trainer.train_step(next(trainer.dataloader_train))
+        trainer = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=0, seed=0,
+                           nnUNet_unpaired_glua_style_steps="2")
         os.makedirs(trainer.output_folder, exist_ok=True)
+        trainer.train_translation()
         path = os.path.join(trainer.output_folder, "checkpoint_final.pth")
         trainer.save_checkpoint(path)
     return path
@@ -168,23 +168,34 @@ def test_garbage_target_labels_give_bit_identical_training(planned_pair, monkeyp
 def test_style_stage_trains_its_modules_with_own_optimizers_and_saves_them(planned_pair, monkeypatch,
                                                                              style_checkpoint):
     _, env = planned_pair
-    trainer = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=3)
+    trainer = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=3, nnUNet_unpaired_glua_style_steps="1")
     assert len(trainer.optimizer.param_groups) == 1  # nnU-Net's SGD: the network only
     assert set(trainer.extra_optimizers) == {"style_generator", "style_discriminators"}
     before = _snapshot(trainer.training_modules)
     network_before = _snapshot(trainer.network)
-    result = trainer.train_step(next(trainer.dataloader_train))
-    assert {"loss", "st_rec", "st_content", "st_style", "st_adv", "st_shape", "st_disc"} <= set(result)
+    os.makedirs(trainer.output_folder, exist_ok=True)
+    trainer.train_translation()  # the translation phase: its own step, its own optimizers
     after = _snapshot(trainer.training_modules)
     for prefix in ("style_generator.content_encoder", "style_generator.style_encoders.target",
-                   "style_generator.decoder", "style_discriminators.target", "style_discriminators.source"):
+                   "style_generator.decoder", "style_discriminators.target", "style_discriminators.source",
+                   "style_discriminators.content", "style_generator_ema.copies.0.decoder"):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)), prefix
+    assert trainer.style_steps_done == 1
+    generator = trainer.training_modules["style_generator"]
+    assert not torch.equal(generator.windows, torch.tensor([[-1.0, 1.0], [-1.0, 1.0]]))  # measured windows
+    assert torch.equal(trainer.training_modules["style_generator_ema"].copies[0].windows, generator.windows)
+    assert all(torch.equal(v, _snapshot(trainer.network)[k]) for k, v in network_before.items())
+    cost = load_json(os.path.join(trainer.output_folder, "translation_training.json"))["runs"]
+    assert cost[-1]["steps"] == 1 and cost[-1]["seconds"] > 0 and cost[-1]["checks"][0]["step"] == 1
+    result = trainer.train_step(next(trainer.dataloader_train))  # then nnU-Net's step: the network, source only
+    assert "loss" in result and not any(k.startswith("st_") for k in result)
     assert any(not torch.equal(network_before[k], v) for k, v in _snapshot(trainer.network).items())
+    assert all(torch.equal(v, _snapshot(trainer.training_modules)[k]) for k, v in after.items())
 
     checkpoint = torch.load(style_checkpoint, weights_only=False)
     extras = checkpoint[CHECKPOINT_KEY]
     assert extras["partner"] == NAMES[1]
-    assert extras["glua"]["style_config"]["dim"] == 2
+    assert extras["glua"]["style_config"]["dim"] == 2 and extras["glua"]["style_config"]["output"] == "tanh"
     assert set(extras["glua"]["optimizers"]) == {"style_generator", "style_discriminators"}
     assert not any(k.startswith("style") for k in checkpoint["network_weights"])
     again = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=3)
@@ -192,6 +203,28 @@ def test_style_stage_trains_its_modules_with_own_optimizers_and_saves_them(plann
     for k, v in _snapshot(again.training_modules).items():
         assert torch.equal(v, extras["training_modules"][k])
     assert again.extra_optimizers["style_generator"].state_dict()["state"]  # Adam moments restored
+    assert again.style_steps_done == 2
+
+
+def test_translation_phase_resumes_where_it_stopped(planned_pair, monkeypatch, tmp_path):
+    _, env = planned_pair
+    results = tmp_path / "results"
+    first = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=2, results=results, seed=0,
+                     nnUNet_unpaired_glua_style_steps="2")
+    os.makedirs(first.output_folder, exist_ok=True)
+    first.train_translation()
+    latest = os.path.join(first.output_folder, "checkpoint_latest.pth")
+    windows = first.training_modules["style_generator"].windows.clone()
+    again = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=2, results=results,
+                     nnUNet_unpaired_glua_style_steps="3")
+    again.load_checkpoint(latest)
+    again.train_translation()  # one more step, the windows kept (not measured again)
+    assert again.style_steps_done == 3
+    assert torch.equal(again.training_modules["style_generator"].windows, windows)
+    runs = load_json(os.path.join(again.output_folder, "translation_training.json"))["runs"]
+    assert [r["steps"] for r in runs] == [2, 1] and runs[-1]["total_steps"] == 3
+    again.train_translation()  # done: nothing more
+    assert again.style_steps_done == 3
 
 
 def test_stage2_without_stage1_says_how_to_train_it(planned_pair, monkeypatch):
@@ -207,7 +240,9 @@ def test_stage2_step_checkpoint_resume_and_export(planned_pair, monkeypatch, sty
     trainer = _trainer(env, monkeypatch, nnUNetTrainerGLUA, fold=0)
     stage1 = torch.load(style_checkpoint, weights_only=False)[CHECKPOINT_KEY]["training_modules"]
     generator = _snapshot(trainer.training_modules["style_generator"])
-    assert all(torch.equal(v, stage1[f"style_generator.{k}"]) for k, v in generator.items())
+    # stage 2 takes stage 1's EMA generator (not the last raw one)
+    assert all(torch.equal(v, stage1[f"style_generator_ema.copies.0.{k}"]) for k, v in generator.items())
+    assert not all(torch.equal(v, stage1[f"style_generator.{k}"]) for k, v in generator.items())
     assert len(trainer.optimizer.param_groups) == 1 and set(trainer.extra_optimizers) == {"feature_discriminator"}
     disc_before = _snapshot(trainer.training_modules["feature_discriminator"])
     result = trainer.train_step(next(trainer.dataloader_train))
@@ -298,7 +333,8 @@ def test_registry_entries():
 def test_end_to_end_stage1_stage2_predict_target_and_translate(planned_pair, tmp_path):
     root, env = planned_pair
     fold = "1"
-    env = dict(env, nnUNet_unpaired_epochs="1", nnUNet_unpaired_iters="3", nnUNet_unpaired_skip_final_validation="1")
+    env = dict(env, nnUNet_unpaired_epochs="1", nnUNet_unpaired_iters="3", nnUNet_unpaired_skip_final_validation="1",
+               nnUNet_unpaired_glua_style_steps="4", nnUNet_unpaired_glua_style_check_every="2")
     run(["nnUNetv2_train", str(IDS[0]), CONFIG, fold, "-tr", "nnUNetTrainerGLUAStyle", "-device", "cpu"], env)
     proc = run(["nnUNetv2_train", str(IDS[0]), CONFIG, fold, "-tr", "nnUNetTrainerGLUA", "-device", "cpu"], env)
     assert "style generator loaded from" in proc.stdout
@@ -325,6 +361,8 @@ def test_end_to_end_stage1_stage2_predict_target_and_translate(planned_pair, tmp
     assert source.GetSize() == result.GetSize()
     stage1 = Path(env["nnUNet_results"]) / NAMES[0] / f"nnUNetTrainerGLUAStyle__nnUNetPlans__{CONFIG}" / f"fold_{fold}"
     assert (stage1 / "translation_check.png").stat().st_size > 0  # the label-free check of stage 1 (issue 16)
+    cost = load_json(str(stage1 / "translation_training.json"))["runs"][-1]
+    assert cost["steps"] == 4 and [c["step"] for c in cost["checks"]] == [2, 4]
     logged = torch.load(stage1 / "checkpoint_final.pth", weights_only=False)["logging"]
     assert {"st_check_ratio", "st_check_order"} <= set(logged)
 
@@ -370,10 +408,13 @@ def test_stage1_translation_check_is_logged_and_saved(planned_pair, monkeypatch,
     import json as _json
 
     _, env = planned_pair
-    trainer = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=4, seed=0)
+    trainer = _trainer(env, monkeypatch, nnUNetTrainerGLUAStyle, fold=4, seed=0,
+                       nnUNet_unpaired_glua_style_steps="1")
     assert trainer.run_translation_check() is None  # nothing to check before the first step
-    trainer.train_step(next(trainer.dataloader_train))
+    os.makedirs(trainer.output_folder, exist_ok=True)
+    trainer.train_translation()
     result = trainer.run_translation_check()
+    assert trainer._translation_log["checks"][0]["ratio"] == pytest.approx(result["ratio"])
     assert result["source_to_target"] > 0 and math.isfinite(result["translated_to_target"])
     assert math.isfinite(result["ratio"])
     expected = trainer.target_rendering()  # the planned pair is the phantom: its MR rendering is known

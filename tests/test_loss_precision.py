@@ -233,10 +233,11 @@ def test_glua_style_transfer_and_shape(dtype: torch.dtype, regime: str) -> None:
         content_source_to_target=small(content, 28), content_target_to_source=small(content, 29),
         style_source_used=small(style, 30), style_target_used=small(style, 31),
         style_source_to_target=small(style, 32), style_target_to_source=small(style, 33),
+        cycle_source=image(0), cycle_target=image(1),
     )  # fmt: skip
     scores = small((2, 1, 16, 16, 16), 34)
     with torch.autocast("cpu", dtype=dtype):
-        terms = StyleTransferLoss().generator_terms(p, scores, scores)
+        terms = StyleTransferLoss().generator_terms(p, scores, scores, (scores, scores))
         total = sum(terms.values())
     for name, value in terms.items():
         assert torch.isfinite(value), f"{name} is {value.item()}"

@@ -115,3 +115,60 @@ def test_strides_from_an_nnunet_plan():
     assert style_strides_from_plan(plan[:2], 2) == [[2, 2, 2]]
     with pytest.raises(ValueError, match="no down-sampling"):
         style_strides_from_plan([[1, 1]], 2)
+
+
+def test_tanh_output_windows_and_normalized_translation_round_trip():
+    torch.manual_seed(0)
+    config = StyleConfig(dim=2, strides=[[2, 2]], width=4, n_res=1, style_dim=3, mlp_width=8)
+    generator = StyleTransferGenerator(config)
+    out = generator.decode(torch.randn(2, 8, 4, 4) * 50, torch.randn(2, 3) * 50)
+    assert out.abs().max() <= 1  # tanh: images in [-1, 1]
+    generator.set_window("source", -2.0, 6.0)
+    generator.set_window("target", 0.0, 1.0)
+    x = torch.tensor([[[[-2.0, 2.0], [6.0, 10.0]]]])
+    unit = generator.to_unit(x, "source")
+    assert unit.flatten().tolist() == [-1.0, 0.0, 1.0, 1.0]  # clipped to the window
+    assert generator.from_unit(torch.tensor([-1.0, 0.0, 1.0]), "target").tolist() == [0.0, 0.5, 1.0]
+    # the windows travel with the weights (stage 2 and translate rebuild the generator from the state dict)
+    again = StyleTransferGenerator(config)
+    again.load_state_dict(generator.state_dict())
+    assert torch.equal(again.windows, generator.windows)
+    y = generator.translate_normalized(torch.randn(2, 1, 8, 8), generator.style_of(torch.rand(2, 1, 8, 8)))
+    assert y.min() >= 0 and y.max() <= 1  # in the target's window
+    with pytest.raises(ValueError, match="high > low"):
+        generator.set_window("target", 1.0, 1.0)
+
+
+def test_style_reaches_every_decoder_block_and_the_first_version_is_kept():
+    torch.manual_seed(0)
+    config = StyleConfig(dim=2, strides=[[2, 2], [2, 2]], width=4, n_res=1, style_dim=3, mlp_width=8)
+    decoder = StyleTransferGenerator(config).decoder
+    assert len(decoder.adain_up) == 2 and decoder.param_sizes == [4 * 16, 2 * 8, 2 * 4]
+    # with the residual blocks' AdaIN held neutral, the style still changes the image through the up-sampling blocks
+    content, styles = torch.randn(1, 16, 2, 2), torch.randn(2, 3)
+    with torch.no_grad():
+        last = decoder.mlp[-1]
+        last.weight[:64].zero_()
+        last.bias[:64].zero_()
+        a, b = decoder(content, styles[:1]), decoder(content, styles[1:])
+    assert (a - b).abs().max() > 1e-4
+    old = StyleTransferGenerator(StyleConfig(dim=2, strides=[[2, 2]], width=4, n_res=1, style_dim=3, mlp_width=8,
+                                             output="linear", adain_everywhere=False))
+    assert len(old.decoder.adain_up) == 0 and not isinstance(old.decoder.up[-1], torch.nn.Tanh)
+    with pytest.raises(ValueError, match="output"):
+        StyleConfig(dim=2, output="sigmoid")
+
+
+def test_cycle_and_content_discriminator():
+    from nnunet_unpaired.modules.style_transfer import build_discriminators
+
+    torch.manual_seed(0)
+    config = StyleConfig(dim=2, strides=[[2, 2]], width=4, n_res=1, style_dim=3, mlp_width=8)
+    generator = StyleTransferGenerator(config)
+    p = generator(torch.randn(2, 1, 8, 8), torch.randn(3, 1, 8, 8))
+    assert p.cycle_source.shape == p.source.shape and p.cycle_target.shape == p.target.shape
+    # the cycle decodes the translation's content with the source's own style
+    torch.testing.assert_close(p.cycle_source, generator.decode(p.content_source_to_target, p.style_source))
+    discriminators = build_discriminators(config, generator.content_encoder.out_channels)
+    assert set(discriminators) == {"source", "target", "content"}
+    assert discriminators["content"](p.content_source).shape == (2, 1, 4, 4)

@@ -27,13 +27,17 @@ and local (masked feature alignment) parts; its formulas were not available to u
   inversion a translation may need.
   A translated image that moves or drops the source's edges is penalized; one that remaps intensities is not.
 - :class:`StyleTransferLoss`: the weighted sum of self-reconstruction (L1), cross-domain adversarial (LSGAN),
-  content and style latent reconstruction (L1) and shape preservation, in the spirit of MUNIT (Huang et al.,
-  ECCV 2018) plus the shape term.
+  content and style latent reconstruction (L1), cycle consistency (L1, source -> target -> source and back), a
+  content-code adversarial term (the content encoder pushes a content discriminator's scores of both domains to 0.5,
+  "cannot tell"), and shape preservation: MUNIT (Huang et al., ECCV 2018) plus the cycle and content-discriminator
+  terms of DRIT (Lee et al., ECCV 2018) and DAR-UNet, plus the shape term. Reconstruction, shape and latent
+  reconstruction are all minimized by a translator that ignores the style code (the identity); the image GAN, the
+  cycle through the OTHER domain's style and the content discriminator are what push it off the identity.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -170,6 +174,9 @@ class StyleTransferLoss(nn.Module):
         adversarial: weight of the generator's LSGAN loss against the per-domain image discriminators.
         shape: weight of :class:`ShapePreservationLoss` between each image and its translation.
         shape_epsilon: its edge scale.
+        cycle: weight of the L1 cycle consistency of both domains (DAR-UNet: 10).
+        content_adversarial: weight of the content encoder's LSGAN loss against the content discriminator (target
+            0.5 for both domains' codes).
 
     Raises:
         ValueError: for a negative weight.
@@ -177,27 +184,30 @@ class StyleTransferLoss(nn.Module):
 
     def __init__(self, image_reconstruction: float = 10.0, content_reconstruction: float = 1.0,
                  style_reconstruction: float = 1.0, adversarial: float = 1.0, shape: float = 1.0,
-                 shape_epsilon: float = 0.2) -> None:
+                 shape_epsilon: float = 0.2, cycle: float = 10.0, content_adversarial: float = 1.0) -> None:
         super().__init__()
         self.weights = {"rec": image_reconstruction, "content": content_reconstruction,
-                        "style": style_reconstruction, "adv": adversarial, "shape": shape}
+                        "style": style_reconstruction, "adv": adversarial, "shape": shape, "cycle": cycle,
+                        "content_adv": content_adversarial}
         for name, w in self.weights.items():
             if not w >= 0:
                 raise ValueError(f"weight {name} must be >= 0, got {w}")
         self.gan = AdversarialLoss("lsgan")
         self.shape = ShapePreservationLoss(shape_epsilon)
 
-    def generator_terms(self, p, fake_scores_target: torch.Tensor, fake_scores_source: torch.Tensor
-                        ) -> Dict[str, torch.Tensor]:
-        """Weighted generator terms (keys ``st_rec``, ``st_content``, ``st_style``, ``st_adv``, ``st_shape``).
+    def generator_terms(self, p, fake_scores_target: torch.Tensor, fake_scores_source: torch.Tensor,
+                        content_scores: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """Weighted generator terms (keys ``st_rec``, ``st_content``, ``st_style``, ``st_adv``, ``st_shape``,
+        ``st_cycle`` and, given ``content_scores``, ``st_content_adv``).
 
         Args:
             p: a :class:`nnunet_unpaired.modules.style_transfer.StyleTransferPass` (images, codes, translations).
             fake_scores_target: the target discriminator's scores of the source->target translations.
             fake_scores_source: the source discriminator's scores of the target->source translations.
+            content_scores: the content discriminator's scores of the source's and the target's content codes.
         """
         w = self.weights
-        return {
+        terms = {
             "st_rec": w["rec"] * (F.l1_loss(p.rec_source, p.source) + F.l1_loss(p.rec_target, p.target)),
             "st_content": w["content"] * (F.l1_loss(p.content_source_to_target, p.content_source)
                                           + F.l1_loss(p.content_target_to_source, p.content_target)),
@@ -207,7 +217,15 @@ class StyleTransferLoss(nn.Module):
                                   + self.gan.generator_loss(fake_scores_source)),
             "st_shape": w["shape"] * (self.shape(p.source, p.source_to_target)
                                       + self.shape(p.target, p.target_to_source)),
+            "st_cycle": w["cycle"] * (F.l1_loss(p.cycle_source, p.source) + F.l1_loss(p.cycle_target, p.target)),
         }
+        if content_scores is not None:
+            terms["st_content_adv"] = w["content_adv"] * sum(((s.float() - 0.5) ** 2).mean() for s in content_scores)
+        return terms
+
+    def content_discriminator_loss(self, source_scores: torch.Tensor, target_scores: torch.Tensor) -> torch.Tensor:
+        """LSGAN loss of the content discriminator: source codes scored 1, target codes 0 (pass detached codes)."""
+        return self.gan.discriminator_loss(source_scores, target_scores)
 
     def discriminator_loss(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
         """LSGAN loss of one image discriminator (real: images of its domain; fake: detached translations)."""

@@ -11,15 +11,23 @@ CPU can train in minutes:
   code keeps structure, not style.
 - :class:`StyleEncoder` (one per domain): strided convolutions without normalization, global average pooling, a
   linear map to a small style vector.
-- :class:`AdaINDecoder` (shared): residual blocks whose instance-normalization scales and shifts come from the style
-  vector through an MLP (adaptive instance normalization, Huang and Belongie, ICCV 2017), then nearest-neighbour
-  up-sampling + convolution back to the input resolution; a linear output (nnU-Net's normalized intensities are
-  unbounded).
+- :class:`AdaINDecoder` (shared): residual blocks and, with ``adain_everywhere`` (default), every up-sampling block
+  too, whose instance-normalization scales and shifts come from the style vector through an MLP (adaptive instance
+  normalization, Huang and Belongie, ICCV 2017): style is injected throughout the decoder, as in DAR-UNet; then
+  nearest-neighbour up-sampling + convolution back to the input resolution; a ``tanh`` output (default) for images
+  in [-1, 1], or a linear one (the first version, on nnU-Net's unbounded normalized intensities).
 - :class:`ImageDiscriminator` (one per domain): a small patch discriminator.
+- :class:`ContentDiscriminator`: tells the content codes of the two domains apart; the content encoder is trained to
+  confuse it, which pushes the content code to be domain-invariant (as in DRIT and DAR-UNet).
+- intensity windows (buffers, saved with the weights): per domain the range of nnU-Net's normalized intensities that
+  maps to [-1, 1] (:meth:`StyleTransferGenerator.to_unit`, :meth:`~StyleTransferGenerator.from_unit`), so that the
+  generator works on [-1, 1] images and stage 2 gets translations back in the target's normalized range
+  (:meth:`~StyleTransferGenerator.translate_normalized`).
 
 Deviations from MUNIT: one shared decoder instead of one per domain (the domain is carried by the style vector,
 which only that domain's style encoder produces); translations use the style of an actual image of the other
-domain (example-guided) rather than a style drawn from a prior; no cycle loss; a shape-preservation loss
+domain (example-guided) rather than a style drawn from a prior; a content discriminator and a cycle term
+(:attr:`StyleTransferPass.cycle_source`) as in DRIT / DAR-UNet; a shape-preservation loss
 (:class:`nnunet_unpaired.losses.adversarial.ShapePreservationLoss`). Down-sampling strides per axis come from the
 nnU-Net plan, so anisotropic 3D patches (e.g. 8 x 32 x 32) work.
 """
@@ -27,17 +35,18 @@ nnU-Net plan, so anisotropic 3D patches (e.g. 8 x 32 x 32) work.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op, get_matching_instancenorm
 from torch import nn
 
-__all__ = ["AdaIN", "AdaINDecoder", "ContentEncoder", "ImageDiscriminator", "StyleConfig", "StyleEncoder",
-           "StyleTransferGenerator", "StyleTransferPass", "DOMAINS"]
+__all__ = ["AdaIN", "AdaINDecoder", "ContentDiscriminator", "ContentEncoder", "ImageDiscriminator", "StyleConfig",
+           "StyleEncoder", "StyleTransferGenerator", "StyleTransferPass", "DOMAINS", "OUTPUTS"]
 
 DOMAINS = ("source", "target")
+OUTPUTS = ("tanh", "linear")
 
 
 @dataclass
@@ -53,6 +62,8 @@ class StyleConfig:
         style_dim: length of the style vector.
         mlp_width: hidden width of the MLP that maps the style vector to AdaIN parameters.
         discriminator_width: channels of the discriminators' first convolution.
+        output: ``"tanh"`` (images in [-1, 1]) or ``"linear"``.
+        adain_everywhere: AdaIN in the up-sampling blocks too (else GroupNorm there, the first version).
     """
 
     dim: int
@@ -63,8 +74,12 @@ class StyleConfig:
     style_dim: int = 8
     mlp_width: int = 64
     discriminator_width: int = 16
+    output: str = "tanh"
+    adain_everywhere: bool = True
 
     def __post_init__(self):
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {self.dim}")
         self.strides = [[int(s) for s in stride] for stride in self.strides]
@@ -175,35 +190,59 @@ class _AdaINResBlock(nn.Module):
         return x + self.adain(self.conv2(y), 1 + s2, b2)
 
 
+class _AdaINUpBlock(nn.Module):
+    """Up-sampling, convolution, AdaIN with the style's scale and shift, ReLU: C -> C // 2 channels."""
+
+    n_params_per_channel = 2  # one AdaIN layer: a scale and a shift per output channel
+
+    def __init__(self, dim: int, channels: int, stride: Sequence[int]):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=tuple(float(s) for s in stride), mode="nearest")
+        self.conv = _conv(dim, channels, channels // 2)
+        self.adain = AdaIN()
+        self.out_channels = channels // 2
+
+    def forward(self, x, params):
+        scale, shift = params.chunk(2, dim=1)
+        return F.relu(self.adain(self.conv(self.up(x)), 1 + scale, shift))
+
+
 class AdaINDecoder(nn.Module):
     """(content code, style vector) -> image. AdaIN scales are ``1 + MLP output`` so that a zero MLP output keeps the
-    normalized features."""
+    normalized features. With ``config.adain_everywhere`` the up-sampling blocks are AdaIN blocks too."""
 
     def __init__(self, config: StyleConfig, content_channels: int):
         super().__init__()
         d, c = config.dim, content_channels
         self.channels = c
         self.blocks = nn.ModuleList(_AdaINResBlock(d, c) for _ in range(config.n_res))
-        n_params = config.n_res * _AdaINResBlock.n_params_per_channel * c
+        self.param_sizes = [_AdaINResBlock.n_params_per_channel * c] * config.n_res
+        up: List[nn.Module] = []
+        self.adain_up = nn.ModuleList()
+        for stride in reversed(config.strides):
+            if config.adain_everywhere:
+                block = _AdaINUpBlock(d, c, stride)
+                self.adain_up.append(block)
+                self.param_sizes.append(_AdaINUpBlock.n_params_per_channel * block.out_channels)
+            else:
+                up += [nn.Upsample(scale_factor=tuple(float(s) for s in stride), mode="nearest"),
+                       _conv(d, c, c // 2), nn.GroupNorm(1, c // 2), nn.ReLU(inplace=True)]
+            c //= 2
         self.mlp = nn.Sequential(nn.Linear(config.style_dim, config.mlp_width), nn.ReLU(inplace=True),
                                  nn.Linear(config.mlp_width, config.mlp_width), nn.ReLU(inplace=True),
-                                 nn.Linear(config.mlp_width, max(n_params, 1)))
-        up = []
-        for stride in reversed(config.strides):
-            up += [nn.Upsample(scale_factor=tuple(float(s) for s in stride), mode="nearest"),
-                   _conv(d, c, c // 2), nn.GroupNorm(1, c // 2), nn.ReLU(inplace=True)]
-            c //= 2
+                                 nn.Linear(config.mlp_width, max(sum(self.param_sizes), 1)))
         up.append(_conv(d, c, config.in_channels))
+        if config.output == "tanh":
+            up.append(nn.Tanh())
         self.up = nn.Sequential(*up)
 
     def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if style.ndim != 2 or style.shape[0] != content.shape[0]:
             raise ValueError(f"style must be (B, style_dim) with B = {content.shape[0]}, got {tuple(style.shape)}")
-        params = self.mlp(style)
+        params = self.mlp(style).split(self.param_sizes, dim=1) if self.param_sizes else []
         x = content
-        step = _AdaINResBlock.n_params_per_channel * self.channels
-        for i, block in enumerate(self.blocks):
-            x = block(x, params[:, i * step:(i + 1) * step])
+        for block, p in zip([*self.blocks, *self.adain_up], params):
+            x = block(x, p)
         return self.up(x)
 
 
@@ -222,6 +261,20 @@ class ImageDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.layers(x)
+
+
+class ContentDiscriminator(nn.Module):
+    """Content code (B, C, *S') -> score map; trained to score source codes high and target codes low, while the
+    content encoder is trained to make them indistinguishable (domain-invariant content)."""
+
+    def __init__(self, config: StyleConfig, content_channels: int):
+        super().__init__()
+        d, w = config.dim, config.discriminator_width
+        self.layers = nn.Sequential(_conv(d, content_channels, w), nn.LeakyReLU(0.2, inplace=True),
+                                    _conv(d, w, w), nn.LeakyReLU(0.2, inplace=True), _conv(d, w, 1, kernel=1))
+
+    def forward(self, content):
+        return self.layers(content)
 
 
 @dataclass
@@ -244,6 +297,8 @@ class StyleTransferPass:
     content_target_to_source: torch.Tensor
     style_source_to_target: torch.Tensor
     style_target_to_source: torch.Tensor
+    cycle_source: torch.Tensor  # source -> target -> source: the translation's content with the source's own style
+    cycle_target: torch.Tensor
 
 
 def _styles_for(style: torch.Tensor, n: int) -> torch.Tensor:
@@ -260,6 +315,42 @@ class StyleTransferGenerator(nn.Module):
         self.content_encoder = ContentEncoder(config)
         self.style_encoders = nn.ModuleDict({d: StyleEncoder(config) for d in DOMAINS})
         self.decoder = AdaINDecoder(config, self.content_encoder.out_channels)
+        # per domain (source, target): the normalized intensities (lo, hi) that map to [-1, 1]; identity by default
+        self.register_buffer("windows", torch.tensor([[-1.0, 1.0], [-1.0, 1.0]]))
+
+    def set_window(self, domain: str, low: float, high: float) -> None:
+        """The intensity window of ``domain``: nnU-Net-normalized ``low`` maps to -1, ``high`` to 1.
+
+        Raises:
+            ValueError: for an unknown domain or ``high <= low``.
+        """
+        if domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+        if not high > low:
+            raise ValueError(f"the window of {domain} needs high > low, got ({low}, {high})")
+        with torch.no_grad():
+            self.windows[DOMAINS.index(domain)] = torch.tensor([float(low), float(high)])
+
+    def to_unit(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """nnU-Net-normalized images of ``domain`` -> [-1, 1] (clipped to the domain's window)."""
+        low, high = self.windows[DOMAINS.index(domain)].to(x.dtype)
+        return (2 * (x - low) / (high - low) - 1).clamp(-1, 1)
+
+    def from_unit(self, y: torch.Tensor, domain: str) -> torch.Tensor:
+        """[-1, 1] -> ``domain``'s nnU-Net-normalized range (the inverse of :meth:`to_unit` inside the window)."""
+        low, high = self.windows[DOMAINS.index(domain)].to(y.dtype)
+        return low + (y + 1) * (high - low) / 2
+
+    def style_of(self, x: torch.Tensor, domain: str = "target") -> torch.Tensor:
+        """Style vectors of nnU-Net-normalized images of ``domain`` (mapped to [-1, 1] first)."""
+        return self.style_encoders[domain](self.to_unit(x, domain))
+
+    def translate_normalized(self, x: torch.Tensor, style: torch.Tensor, source: str = "source",
+                             target: str = "target") -> torch.Tensor:
+        """nnU-Net-normalized images of domain ``source`` -> images in ``target``'s normalized range, rendered with
+        ``style`` (style vectors of ``target`` images): what stage 2 trains on and ``nnunet_unpaired translate``
+        writes."""
+        return self.from_unit(self.translate(self.to_unit(x, source), style), target)
 
     def _check(self, x: torch.Tensor, name: str) -> None:
         if x.ndim != self.config.dim + 2 or x.shape[1] != self.config.in_channels:
@@ -309,12 +400,17 @@ class StyleTransferGenerator(nn.Module):
             style_source_used=s_s_used, style_target_used=s_t_used,
             rec_source=self.decode(c_s, s_s), rec_target=self.decode(c_t, s_t),
             source_to_target=s2t, target_to_source=t2s, content_source_to_target=c_s2t,
-            content_target_to_source=c_t2s, style_source_to_target=s_s2t, style_target_to_source=s_t2s)
+            content_target_to_source=c_t2s, style_source_to_target=s_s2t, style_target_to_source=s_t2s,
+            cycle_source=self.decode(c_s2t, s_s), cycle_target=self.decode(c_t2s, s_t))
 
 
-def build_discriminators(config: StyleConfig) -> nn.ModuleDict:
-    """One :class:`ImageDiscriminator` per domain."""
-    return nn.ModuleDict({d: ImageDiscriminator(config) for d in DOMAINS})
+def build_discriminators(config: StyleConfig, content_channels: Optional[int] = None) -> nn.ModuleDict:
+    """One :class:`ImageDiscriminator` per domain and, given the content code's channels, a
+    :class:`ContentDiscriminator` under ``"content"``."""
+    modules: Dict[str, nn.Module] = {d: ImageDiscriminator(config) for d in DOMAINS}
+    if content_channels is not None:
+        modules["content"] = ContentDiscriminator(config, content_channels)
+    return nn.ModuleDict(modules)
 
 
 def style_strides_from_plan(plan_strides: Sequence[Sequence[int]], n_down: int = 2) -> List[List[int]]:

@@ -41,7 +41,7 @@ from nnunet_unpaired.losses.ramps import warmup_ramp
 from nnunet_unpaired.modules.local_alignment import DecoderFeatureTap, FeatureDiscriminator, gap_mask
 from nnunet_unpaired.modules.style_transfer import StyleConfig, StyleTransferGenerator
 from nnunet_unpaired.training import interface
-from nnunet_unpaired.training.glua_style import nnUNetTrainerGLUAStyle
+from nnunet_unpaired.training.glua_style import nnUNetTrainerGLUAStyle, style_generator_weights
 from nnunet_unpaired.training.source_only import (EXTRAS_KEY, TargetImagesOnly, frozen, nnUNetTrainerSourceOnly,
                                                   own_adam)
 from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY
@@ -130,9 +130,7 @@ class nnUNetTrainerGLUA(nnUNetTrainerSourceOnly):
         if extras.get("partner") != self.partner_name:
             raise UserError(f"the style model {path} was trained with target {extras.get('partner')}, not with "
                             f"{self.partner_name}. Retrain stage 1: {command}")
-        prefix = "style_generator."
-        weights = {k[len(prefix):]: v for k, v in extras["training_modules"].items() if k.startswith(prefix)}
-        return StyleConfig(**config), weights
+        return StyleConfig(**config), style_generator_weights(extras["training_modules"])
 
     def before_loading_checkpoint(self, extras: Dict) -> None:
         if "style_config" in extras:
@@ -181,8 +179,8 @@ class nnUNetTrainerGLUA(nnUNetTrainerSourceOnly):
         translation into the style of a target patch (no gradient into the frozen generator)."""
         generator = self.training_modules["style_generator"].eval()
         with torch.no_grad():
-            style = generator.style_encoders["target"](target)
-            translated = generator.translate(source, style).to(source.dtype)
+            style = generator.style_of(target.float())
+            translated = generator.translate_normalized(source.float(), style).to(source.dtype)
         pick = torch.rand(source.shape[0], device=source.device) < self.translate_probability
         return torch.where(pick.view((-1,) + (1,) * (source.ndim - 1)), translated, source)
 

@@ -1,13 +1,34 @@
 """GLUA stage 1, global alignment: :class:`nnUNetTrainerGLUAStyle` trains the style-transfer module (content/style
-encoders, AdaIN decoder, image discriminators) with its own Adam optimizers, next to a source-only segmentation
-training.
+encoders, AdaIN decoder, image and content discriminators) as a translation training of its own, with its own budget
+in steps, before a source-only segmentation training.
+
+The translation phase (:meth:`nnUNetTrainerGLUAStyle.train_translation`, run at the start of training, resumable):
+
+- ``style_steps`` steps (default 20 000, the order of the public translation codes for this task: SIFA, DAR-UNet),
+  each one Adam step of the generator and one of the discriminators, on a source batch and a target batch (images
+  only) of the configuration's patches (2D slices for ``2d``) from loaders WITHOUT nnU-Net's intensity augmentation
+  (no noise, blur, gamma, brightness): geometric augmentation only (random flips of every spatial axis);
+- intensities in [-1, 1]: each domain's nnU-Net-normalized intensities are mapped through a window, its 0.5 and
+  99.5 percentiles measured on the first batches (stored in the generator, so stage 2 gets translations back in the
+  target's normalized range); ``tanh`` output;
+- objective (:class:`~nnunet_unpaired.losses.adversarial.StyleTransferLoss`): self-reconstruction x10, image LSGAN,
+  cycle consistency x10, content-code adversarial (content discriminator), content and style latent
+  reconstruction, shape preservation;
+- an EMA of the generator (decay ``style_ema_decay``, :class:`~nnunet_unpaired.modules.mean_teacher.EMATeacher`) is
+  what stage 2 and ``nnunet_unpaired translate`` use;
+- a checkpoint every ``style_save_every`` steps (``checkpoint_latest.pth``, so ``--c`` continues the phase), the
+  label-free translation check every ``style_check_every`` steps, and its cost written on its own:
+  ``translation_training.json`` (steps, seconds, seconds per step, check history) in the model folder.
+
+Then nnU-Net's epochs train the segmentation network on the source alone (its export to B's folder is a source-only
+model; shorten it with ``nnUNet_unpaired_epochs`` when only the translation is wanted).
 
 The method, its paper and stage 2: :mod:`nnunet_unpaired.training.glua`; the module and its deviations from MUNIT:
 :mod:`nnunet_unpaired.modules.style_transfer` and docs/glua.md. Stage 2 and ``nnunet_unpaired translate`` load the
 style generator from this trainer's ``checkpoint_final.pth`` in the SOURCE dataset's model folder.
 
-After every epoch a label-free translation check (:mod:`nnunet_unpaired.training.translation_check`) runs on the
-epoch's last training batch: the intensity distance of the translated source patches to the target patches, next to
+During the translation phase and after every epoch a label-free translation check (:mod:`nnunet_unpaired.training.translation_check`) runs on the
+last translation batch: the intensity distance of the translated source patches to the target patches, next to
 that of the untranslated ones (logged as ``st_check_source``, ``st_check_translated``, ``st_check_ratio``; ratio < 1:
 the translation moved towards the target's contrast). On the project's phantom also the structures' contrast order
 in the translated patches against the target rendering (source labels only; ``st_check_order``, Kendall's tau). At the
@@ -17,33 +38,59 @@ into the model folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from typing import Dict, Optional
+import time
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from torch import nn
 
 from nnunet_unpaired.losses.adversarial import StyleTransferLoss
+from nnunet_unpaired.modules.mean_teacher import EMATeacher
 from nnunet_unpaired.modules.style_transfer import (StyleConfig, StyleTransferGenerator, build_discriminators,
                                                     style_strides_from_plan)
 from nnunet_unpaired.training.source_only import frozen, nnUNetTrainerSourceOnly, own_adam
 from nnunet_unpaired.training.translation_check import contrast_order_agreement, translation_check
 
-CHECK_SAMPLES = 4  # patches of the epoch's last batch the translation check looks at
+CHECK_SAMPLES = 4  # patches of the last translation batch the translation check looks at
+WINDOW_BATCHES = 8  # batches per domain whose intensities set the [-1, 1] windows
+WINDOW_PERCENTILES = (0.5, 99.5)
+#: training-module key of the EMA generator; stage 2 and ``translate`` load its copy (see style_generator_weights)
+EMA_KEY = "style_generator_ema"
+
+
+def style_generator_weights(training_modules: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The generator weights of a stage-1 (or stage-2) checkpoint's training modules: the EMA generator's where there
+    is one, else the trained generator's."""
+    for prefix in (f"{EMA_KEY}.copies.0.", "style_generator."):
+        weights = {k[len(prefix):]: v for k, v in training_modules.items() if k.startswith(prefix)}
+        if weights:
+            return weights
+    return {}
+
+
+def flip_randomly(x: torch.Tensor) -> torch.Tensor:
+    """Each sample flipped along each spatial axis with probability 1/2 (torch's generator)."""
+    out = x
+    for axis in range(2, x.ndim):
+        pick = (torch.rand(x.shape[0], device=x.device) < 0.5).view((-1,) + (1,) * (x.ndim - 1))
+        out = torch.where(pick, out.flip(axis), out)
+    return out
 
 
 class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
     """GLUA stage 1: the style-transfer (global alignment) module, next to a source-only segmentation training.
 
-    Each step: nnU-Net's stock step on the source batch (the network; its export to B's folder is a source-only
-    model), then one Adam step of the generator (self-reconstruction, cross-domain adversarial, content and style
-    latent reconstruction, shape preservation) and one of the two image discriminators, on the source batch and a
-    target batch (images only). The modules are saved in the checkpoint under ``nnunet_unpaired`` for stage 2 and
-    for ``nnunet_unpaired translate``.
+    First the translation phase (module docstring), then nnU-Net's stock steps on source batches (the network; its
+    export to B's folder is a source-only model). The modules are saved in the checkpoint under ``nnunet_unpaired``
+    for stage 2 and for ``nnunet_unpaired translate``.
     """
 
     style_width: int = 16
@@ -56,6 +103,12 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
     style_adversarial_weight: float = 1.0
     style_shape_weight: float = 1.0
     style_shape_epsilon: float = 0.2
+    style_cycle_weight: float = 10.0
+    style_content_adversarial_weight: float = 1.0
+    style_steps: int = 20000
+    style_ema_decay: float = 0.999
+    style_check_every: int = 500
+    style_save_every: int = 1000
     glua_settings = {
         "style_width": (lambda v: v >= 1, "an integer >= 1"),
         "style_dim": (lambda v: v >= 1, "an integer >= 1"),
@@ -67,6 +120,12 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         "style_adversarial_weight": (lambda v: v >= 0, "a number >= 0"),
         "style_shape_weight": (lambda v: v >= 0, "a number >= 0"),
         "style_shape_epsilon": (lambda v: v > 0, "a number > 0"),
+        "style_cycle_weight": (lambda v: v >= 0, "a number >= 0"),
+        "style_content_adversarial_weight": (lambda v: v >= 0, "a number >= 0"),
+        "style_steps": (lambda v: v >= 0, "an integer >= 0"),
+        "style_ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "style_check_every": (lambda v: v >= 1, "an integer >= 1"),
+        "style_save_every": (lambda v: v >= 1, "an integer >= 1"),
     }
 
     def style_config(self) -> StyleConfig:
@@ -80,8 +139,11 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         modules = super().build_training_modules()
         config = self.style_config()
         # requires_grad off: kept out of nnU-Net's SGD, optimized by their own Adam (configure_extra_optimizers)
-        modules["style_generator"] = StyleTransferGenerator(config).requires_grad_(False)
-        modules["style_discriminators"] = build_discriminators(config).requires_grad_(False)
+        generator = StyleTransferGenerator(config).requires_grad_(False)
+        modules["style_generator"] = generator
+        modules[EMA_KEY] = EMATeacher([generator], self.style_ema_decay)
+        modules["style_discriminators"] = build_discriminators(
+            config, generator.content_encoder.out_channels).requires_grad_(False)
         return modules
 
     def configure_extra_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
@@ -89,7 +151,8 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         self.style_loss = StyleTransferLoss(
             image_reconstruction=self.style_reconstruction_weight, content_reconstruction=self.style_latent_weight,
             style_reconstruction=self.style_latent_weight, adversarial=self.style_adversarial_weight,
-            shape=self.style_shape_weight, shape_epsilon=self.style_shape_epsilon)
+            shape=self.style_shape_weight, shape_epsilon=self.style_shape_epsilon, cycle=self.style_cycle_weight,
+            content_adversarial=self.style_content_adversarial_weight)
         optimizers["style_generator"] = own_adam(self.training_modules["style_generator"], self.style_lr,
                                                  weight_decay=1e-4)
         optimizers["style_discriminators"] = own_adam(self.training_modules["style_discriminators"], self.style_lr,
@@ -101,15 +164,108 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         extras["style_config"] = self.training_modules["style_generator"].config.to_dict()
         return extras
 
-    def train_step(self, batch: dict) -> dict:
-        result = super().train_step(batch)  # the segmentation network, source batch only
-        source = batch["data"].to(self.device, non_blocking=True)
-        target = next(self.dataloader_train_partner)["data"].to(self.device, non_blocking=True)
-        result.update(self.style_step(source, target))
-        labels = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
-        self._check_batch = (source[:CHECK_SAMPLES].detach(), target[:CHECK_SAMPLES].detach(),
-                             labels[:CHECK_SAMPLES].detach())
-        return result
+    # ----------------------------------------------------------------------------------- translation phase
+    @property
+    def style_steps_done(self) -> int:
+        return int(self.training_modules[EMA_KEY].steps)
+
+    def translation_loaders(self) -> Tuple[SingleThreadedAugmenter, SingleThreadedAugmenter]:
+        """Source and target loaders of the fold's training cases with nnU-Net's validation transforms (no
+        augmentation; flips are added in the step), foreground oversampling of the source as in nnU-Net."""
+        patch = self.configuration_manager.patch_size
+        val_transforms = self.get_validation_transforms(self._get_deep_supervision_scales(), is_cascaded=False,
+                                                        foreground_labels=self.label_manager.foreground_labels,
+                                                        regions=None, ignore_label=None)
+        loaders = []
+        for partner in (False, True):
+            with (self.as_partner() if partner else contextlib.nullcontext()):
+                dataset_tr, _ = self.get_tr_and_val_datasets()
+                loader = nnUNetDataLoader(dataset_tr, self.batch_size, patch, patch, self.label_manager,
+                                          oversample_foreground_percent=0.0 if partner else
+                                          self.oversample_foreground_percent, transforms=val_transforms)
+            loaders.append(SingleThreadedAugmenter(loader, None))
+        return loaders[0], loaders[1]
+
+    def measure_windows(self, loaders) -> None:
+        """The [-1, 1] window of each domain: the 0.5 / 99.5 percentiles of :data:`WINDOW_BATCHES` batches."""
+        generator = self.training_modules["style_generator"]
+        for domain, loader in zip(("source", "target"), loaders):
+            values = torch.cat([next(loader)["data"].flatten() for _ in range(WINDOW_BATCHES)]).double()
+            sample = values[torch.randperm(values.numel())[:1_000_000]]
+            low, high = (torch.quantile(sample, q / 100).item() for q in WINDOW_PERCENTILES)
+            if not high > low:
+                high = low + 1.0
+            generator.set_window(domain, low, high)
+            self.print_to_log_file(f"translation: {domain} window [{low:.3f}, {high:.3f}] (normalized intensities) "
+                                   f"-> [-1, 1]", also_print_to_console=True)
+        self.training_modules[EMA_KEY].copies[0].windows.copy_(generator.windows)
+
+    def train_translation(self) -> None:
+        """The translation phase: ``style_steps`` generator/discriminator steps (continues where a resumed
+        checkpoint stopped); see the module docstring."""
+        done = self.style_steps_done
+        if done >= self.style_steps:
+            return
+        loaders = self.translation_loaders()
+        generator = self.training_modules["style_generator"]
+        ema = self.training_modules[EMA_KEY]
+        if done == 0:
+            self.measure_windows(loaders)
+        self.print_to_log_file(f"translation phase: steps {done} -> {self.style_steps} (own budget; "
+                               f"nnUNet_unpaired_glua_style_steps)", also_print_to_console=True)
+        history = self.__dict__.setdefault("_translation_log", {"seconds": 0.0, "steps": 0, "checks": []})
+        start, last = time.perf_counter(), {}
+        generator.train()
+        for step in range(done, self.style_steps):
+            batch_s, batch_t = next(loaders[0]), next(loaders[1])
+            source = flip_randomly(batch_s["data"].to(self.device, non_blocking=True).float())
+            target = flip_randomly(batch_t["data"].to(self.device, non_blocking=True).float())
+            last = self.style_step(generator.to_unit(source, "source"), generator.to_unit(target, "target"))
+            ema.update([generator])
+            if (step + 1) % self.style_check_every == 0 or step + 1 == self.style_steps:
+                labels = batch_s["target"][0] if isinstance(batch_s["target"], (list, tuple)) else batch_s["target"]
+                self._check_batch = (source[:CHECK_SAMPLES].detach(), target[:CHECK_SAMPLES].detach(),
+                                     labels[:CHECK_SAMPLES].detach())
+                result = self.run_translation_check()
+                history["checks"].append({"step": step + 1, **result})
+                terms = ", ".join(f"{k} {float(v):.3f}" for k, v in last.items())
+                self.print_to_log_file(
+                    f"translation step {step + 1}/{self.style_steps}: {terms}; check: distance to target "
+                    f"{result['source_to_target']:.3f} -> {result['translated_to_target']:.3f} (ratio "
+                    f"{result['ratio']:.2f}), order {result['order']:.2f}", also_print_to_console=True)
+            if (step + 1) % self.style_save_every == 0 and step + 1 < self.style_steps:
+                history["seconds"] += time.perf_counter() - start
+                history["steps"] += step + 1 - done
+                start, done = time.perf_counter(), step + 1
+                self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        history["seconds"] += time.perf_counter() - start
+        history["steps"] += self.style_steps - done
+        self.print_to_log_file(f"translation phase done: {history['steps']} steps in {history['seconds']:.0f} s "
+                               f"({history['seconds'] / max(1, history['steps']):.3f} s/step) this run",
+                               also_print_to_console=True)
+        self.write_translation_cost()
+        self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+
+    def write_translation_cost(self) -> None:
+        """``translation_training.json``: the phase's steps, seconds and check history (this run; a resumed phase
+        adds its runs' entries)."""
+        path = join(self.output_folder, "translation_training.json")
+        runs = []
+        if os.path.isfile(path):
+            with open(path) as f:
+                runs = json.load(f).get("runs", [])
+        log = self._translation_log
+        runs.append({"steps": log["steps"], "seconds": log["seconds"],
+                     "seconds_per_step": log["seconds"] / max(1, log["steps"]), "checks": log["checks"],
+                     "total_steps": self.style_steps_done, "device": str(self.device)})
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"runs": runs}, f, indent=2, default=float)
+        os.replace(tmp, path)
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.train_translation()
 
     def target_rendering(self) -> Optional[Dict[int, float]]:
         """On the project's phantom: the target dataset's rendered value per structure (label -> value), else None."""
@@ -128,17 +284,13 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         if batch is None:
             return None
         source, target, labels = batch
-        generator = self.training_modules["style_generator"]
-        was_training = generator.training
-        generator.eval()
-        try:
-            with torch.no_grad():
-                translated = generator(source.float(), target.float()).source_to_target
-        finally:
-            generator.train(was_training)
+        generator = self.training_modules[EMA_KEY].copies[0]  # the EMA generator: what stage 2 uses
+        with torch.no_grad():
+            translated = generator.translate_normalized(source.float(), generator.style_of(target.float()))
         result = translation_check(source, translated, target)
         expected = self.target_rendering()
-        result["order"] = contrast_order_agreement(translated, labels, expected) if expected else math.nan
+        result["order"] = (contrast_order_agreement(translated, labels, expected)
+                           if expected and labels is not None else math.nan)
         self._check_images = (source.cpu(), translated.cpu(), target.cpu())
         return result
 
@@ -195,15 +347,20 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         os.replace(tmp, join(folder, "translation_check.json"))
 
     def style_step(self, source: torch.Tensor, target: torch.Tensor) -> Dict[str, np.ndarray]:
-        """One generator step and one discriminator step (float32, no autocast: small networks, stable GAN)."""
+        """One generator step and one discriminator step on [-1, 1] images (float32, no autocast: small networks,
+        stable GAN)."""
         generator = self.training_modules["style_generator"]
         discriminators = self.training_modules["style_discriminators"]
         opt_g, opt_d = self.extra_optimizers["style_generator"], self.extra_optimizers["style_discriminators"]
         source, target = source.float(), target.float()
         p = generator(source, target)
         with frozen(discriminators):
+            content_scores = None
+            if "content" in discriminators:
+                content_scores = (discriminators["content"](p.content_source),
+                                  discriminators["content"](p.content_target))
             terms = self.style_loss.generator_terms(p, discriminators["target"](p.source_to_target),
-                                                    discriminators["source"](p.target_to_source))
+                                                    discriminators["source"](p.target_to_source), content_scores)
         opt_g.zero_grad(set_to_none=True)
         sum(terms.values()).backward()
         torch.nn.utils.clip_grad_norm_(generator.parameters(), 12)
@@ -213,6 +370,10 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         d_target, d_source = discriminators["target"], discriminators["source"]
         d_loss = 0.5 * (self.style_loss.discriminator_loss(d_target(target), d_target(fake_t))
                         + self.style_loss.discriminator_loss(d_source(source), d_source(fake_s)))
+        if "content" in discriminators:
+            d_content = discriminators["content"]
+            d_loss = d_loss + self.style_loss.content_discriminator_loss(d_content(p.content_source.detach()),
+                                                                         d_content(p.content_target.detach()))
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
