@@ -20,7 +20,9 @@ SMALL = dict(field_of_view_mm=(64.0, 64.0, 24.0), ct=ModalityGeometry((2.0, 2.0,
 
 TINY_BUDGET = {"nnUNet_unpaired_seed": "0", "nnUNet_unpaired_epochs": "2", "nnUNet_unpaired_iters": "4", "nnUNet_unpaired_val_iters": "1",
                "nnUNet_unpaired_no_mirroring": "1", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
-               "nnUNet_compile": "false", "PYTHONUNBUFFERED": "1"}
+               "nnUNet_compile": "false", "PYTHONUNBUFFERED": "1",
+               # GLUA stage 1's translation phase: 2 steps (its default, 20 000, is hours on a CPU)
+               "nnUNet_unpaired_glua_style_steps": "2", "nnUNet_unpaired_glua_style_check_every": "1"}
 
 
 def nnunet_env(root: Path, extra: Dict[str, str] = None) -> Dict[str, str]:
