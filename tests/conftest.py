@@ -64,13 +64,54 @@ def planned_pair(tmp_path_factory):
     return root, make_planned_pair(root, num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
 
 
+#: measured seconds per test file (written by a run with TEST_RECORD_DURATIONS=1, see pytest_sessionfinish)
+DURATIONS_FILE = Path(__file__).with_name("file_durations.json")
+_recorded: dict[str, float] = {}
+
+
+def _known_durations() -> dict[str, float]:
+    import json
+
+    try:
+        return {str(k): float(v) for k, v in json.loads(DURATIONS_FILE.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files with slow (end-to-end) tests first, the rest after, each file's tests kept together and in order.
+    """Longest files first (measured seconds from :data:`DURATIONS_FILE`; files not in it after those, files with slow
+    tests first among them), each file's tests kept together and in order.
 
     ``scripts/test.sh`` runs the suite on two workers (pytest-xdist, ``--dist loadfile``: a file's tests and its
     module fixtures stay on one worker). The workers take files in this order, so starting with the long ones keeps
     one worker from finishing a long file alone at the end (longest first is the classic rule for two machines).
     """
+    known = _known_durations()
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     order = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
-    items.sort(key=lambda item: (item.path not in slow_files, order[item.path]))
+
+    def key(item):
+        seconds = known.get(item.path.name)
+        return (seconds is None, -(seconds or 0.0), item.path not in slow_files, order[item.path])
+
+    items.sort(key=key)
+
+
+def pytest_runtest_logreport(report):
+    """With TEST_RECORD_DURATIONS=1: add up each file's setup, call and teardown time (under xdist the controller
+    receives every worker's reports)."""
+    if os.environ.get("TEST_RECORD_DURATIONS") == "1":
+        name = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        _recorded[name] = _recorded.get(name, 0.0) + float(report.duration)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With TEST_RECORD_DURATIONS=1, on the controller (not in a worker): write :data:`DURATIONS_FILE`."""
+    import json
+
+    if os.environ.get("TEST_RECORD_DURATIONS") != "1" or hasattr(session.config, "workerinput") or not _recorded:
+        return
+    ordered = dict(sorted(((k, round(v, 1)) for k, v in _recorded.items()), key=lambda kv: -kv[1]))
+    tmp = DURATIONS_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ordered, indent=1) + "\n")
+    os.replace(tmp, DURATIONS_FILE)

@@ -339,6 +339,35 @@ def test_headline_table_by_hand():
     assert "| glua (+ stage 1) | 0.700 | n/a |" in no_gap and "no gap to close" in no_gap
 
 
+def test_translation_phase_cost_is_reported_on_its_own(tmp_path):
+    import json as _json
+    from types import SimpleNamespace
+
+    from nnunet_unpaired.benchmark.uda import TRANSLATION_COST_FILE, translation_phase_cost
+
+    folders = {}
+
+    def model_folder(dataset, trainer, fold):
+        return folders.setdefault((ctx.seed, trainer, fold), tmp_path / f"seed{ctx.seed}_{trainer}_{fold}")
+
+    ctx = SimpleNamespace(seed=0, options=SimpleNamespace(seeds=(0, 1)), a="A", model_folder=model_folder)
+    ctx.for_seed = lambda seed: (setattr(ctx, "seed", seed), ctx)[1]
+    assert translation_phase_cost(ctx, ["0"]) is None  # no stage 1 ran
+    for seed, runs in ((0, [{"steps": 600, "seconds": 500.0}, {"steps": 400, "seconds": 460.0}]),
+                       (1, [{"steps": 1000, "seconds": 1000.0}])):  # seed 0 resumed once: its runs add up
+        ctx.seed = seed
+        folder = model_folder("A", STYLE, "0")
+        folder.mkdir(parents=True)
+        (folder / TRANSLATION_COST_FILE).write_text(_json.dumps({"runs": runs}))
+    steps, seconds = translation_phase_cost(ctx, ["0"])
+    assert steps == 1000 and seconds == pytest.approx(980.0)
+    numbers = [MethodNumbers("vanilla", 0.9, 60, 0.2, 1), MethodNumbers("source-only", 0.5, 60, 0.2, 1),
+               MethodNumbers("glua", 0.7, 60, 0.4, 1, STYLE)]
+    text = headline_markdown("T", numbers, (steps, seconds))
+    assert "translation phase on its own" in text and "1000 steps in 16.3 min per stage-1 run (0.98 s / step)" in text
+    assert "translation phase" not in headline_markdown("T", numbers)
+
+
 def test_headline_verdict_needs_half_the_gap_and_both_ablations_beaten():
     def verdict(glua, global_only, local_only):
         numbers = [MethodNumbers("vanilla", 0.9, 60, 0.2, 1), MethodNumbers("source-only", 0.5, 60, 0.2, 1),

@@ -54,11 +54,11 @@ class Preset:
 #: held-out test cases; on 2 cores the validation of every run would cost minutes)
 # save_every 1: nnU-Net's checkpoint_latest after every epoch (its default 50 never comes with these short schedules),
 # so a training the end of a session cuts off continues from its last epoch instead of starting over
-# GLUA's stage-1 translation phase: 500 steps on the CPU (the public translation codes train 2 x 10^4 and more, the
-# trainer's default, which the GPU presets keep). Measured on the 2 cores with a benchmark beside it: about 19 s per
-# step at 64 x 64, batch 8 (docs/glua.md), so 500 steps are already hours; an undertrained translation, said so
+# GLUA's stage-1 translation phase: 1000 steps on the CPU (the public translation codes train 2 x 10^4 and more, the
+# trainer's default, which the GPU presets keep). Measured on the quiet 2 cores: 0.95 s per step at 64 x 64, batch 8
+# (benchmarks/translation_phase.py, docs/glua.md), so about 16 minutes per stage 1; beside another training about 19 s
 CPU_ENV = (("nnUNet_n_proc_DA", "2"), ("nnUNet_def_n_proc", "1"), ("nnUNet_unpaired_skip_final_validation", "1"),
-           ("nnUNet_unpaired_save_every", "1"), ("nnUNet_unpaired_glua_style_steps", "500"))
+           ("nnUNet_unpaired_save_every", "1"), ("nnUNet_unpaired_glua_style_steps", "1000"))
 
 PRESETS: dict[str, Preset] = {
     "cpu-small": Preset(

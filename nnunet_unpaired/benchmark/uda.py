@@ -194,7 +194,7 @@ def run_direction(inp: ExperimentInput, direction: str, methods: Sequence[Method
                 evaluate(run_ctx, method, model, fold)
                 trained[(method.name, fold, seed)] = (method, [model])
     numbers = method_numbers(ctx, methods, inp.options.folds)
-    headline = headline_markdown(target.name, numbers)
+    headline = headline_markdown(target.name, numbers, translation_phase_cost(ctx, inp.options.folds))
     title = f"uda {short_name(source)} -> {short_name(target)}"
     note = (f"Unsupervised adaptation from {source.name} (labelled source) to {target.name} (target: images only). "
             f"`{UPPER_BOUND}` is trained on {target.name}'s labels alone (upper bound); `{LOWER_BOUND}` and the GLUA "
@@ -262,6 +262,27 @@ def method_numbers(ctx: Context, methods: Sequence[Method], folds: Sequence[str]
     return numbers
 
 
+#: what GLUA's stage 1 writes about its translation phase into its model folder (nnunet_unpaired.training.glua_style)
+TRANSLATION_COST_FILE = "translation_training.json"
+
+
+def translation_phase_cost(ctx: Context, folds: Sequence[str]) -> tuple[int, float] | None:
+    """``(steps, seconds)`` of GLUA stage 1's translation phase per stage-1 run (mean over the seeds and folds whose
+    stage 1 wrote :data:`TRANSLATION_COST_FILE`; a resumed phase adds up its runs), or None when none did."""
+    per_run = []
+    for c in (ctx.for_seed(seed) for seed in ctx.options.seeds):
+        for fold in folds:
+            path = c.model_folder(c.a, interface.GLUA_STYLE_TRAINER, fold) / TRANSLATION_COST_FILE
+            try:
+                runs = json.loads(path.read_text())["runs"]
+            except (OSError, ValueError, KeyError):
+                continue
+            per_run.append((sum(int(r["steps"]) for r in runs), sum(float(r["seconds"]) for r in runs)))
+    if not per_run:
+        return None
+    return round(statistics.fmean(s for s, _ in per_run)), statistics.fmean(t for _, t in per_run)
+
+
 def gap_closed(dice: float, lower: float, upper: float) -> float:
     """Share of the lower -> upper gap that ``dice`` closes: 0 at the lower bound, 1 at the upper bound (below 0 or
     above 1 outside them); NaN when a value is missing or the upper bound is not above the lower bound."""
@@ -274,8 +295,11 @@ def _cell(value: float, text: str) -> str:
     return "n/a" if math.isnan(value) else text
 
 
-def headline_markdown(target: str, numbers: Sequence[MethodNumbers]) -> str:
-    """The experiment's summary table of one setting, and the verdict on issue 6's target when all methods ran."""
+def headline_markdown(target: str, numbers: Sequence[MethodNumbers],
+                      translation: tuple[int, float] | None = None) -> str:
+    """The experiment's summary table of one setting, the cost of GLUA stage 1's translation phase on its own
+    (``translation``: steps and seconds, see :func:`translation_phase_cost`), and the verdict on issue 6's target
+    when all methods ran."""
     by_name = {n.method: n for n in numbers}
     lower = by_name[LOWER_BOUND].dice if LOWER_BOUND in by_name else math.nan
     upper = by_name[UPPER_BOUND].dice if UPPER_BOUND in by_name else math.nan
@@ -301,6 +325,11 @@ def headline_markdown(target: str, numbers: Sequence[MethodNumbers]) -> str:
         lines.append(f"| {label} | {_cell(n.dice, f'{n.dice:.3f}')} | {closed_text} | {n.wall_seconds / 60:.1f} min "
                      f"| {_cell(n.seconds_per_iteration, f'{n.seconds_per_iteration:.3g}')} "
                      f"| {_cell(ratio, f'{ratio:.2f}')} | {_cell(n.load_average, f'{n.load_average:.1f}')} |")
+    if translation is not None:
+        steps, seconds = translation
+        lines += ["", (f"GLUA stage 1's translation phase on its own (inside the '+ stage 1' wall times, not in their "
+                       f"s / iteration): {steps} steps in {seconds / 60:.1f} min per stage-1 run "
+                       f"({seconds / max(1, steps):.3g} s / step).")]
     if not upper > lower:
         lines += ["", f"The upper bound ({UPPER_BOUND}, {upper:.3f}) is not above the lower bound ({LOWER_BOUND}, "
                       f"{lower:.3f}): there is no gap to close, so no share is given."]
