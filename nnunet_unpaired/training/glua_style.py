@@ -324,7 +324,7 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), squeeze=False)
         for i in range(rows):
             for j, (title, images) in enumerate((("source", source), ("translated", translated),
-                                                  ("target (other patient)", target))):
+                                                  ("target", target))):
                 image = images[i, 0].numpy()
                 if image.ndim == 3:
                     image = image[image.shape[0] // 2]
@@ -334,8 +334,8 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
                     axes[i, j].set_title(title)
         last = self._check_history[-1] if getattr(self, "_check_history", None) else {}
         if last:
-            fig.suptitle(f"distance to target {last['source_to_target']:.2f} -> {last['translated_to_target']:.2f} "
-                         f"(ratio {last['ratio']:.2f})", fontsize=9)
+            fig.suptitle(f"target: another case; distance to target {last['source_to_target']:.2f} -> "
+                         f"{last['translated_to_target']:.2f} (ratio {last['ratio']:.2f})", fontsize=8)
         fig.tight_layout()
         tmp = join(folder, f".translation_check.tmp{os.getpid()}.png")
         fig.savefig(tmp, dpi=80)
