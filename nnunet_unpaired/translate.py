@@ -84,7 +84,8 @@ def load_style_model(path: str, device: str = "cpu"):
     if config is None or "training_modules" not in extras:
         raise UserError(f"{path} holds no style-transfer model: use the checkpoint of {DEFAULT_TRAINER} (or of a "
                         f"GLUA stage-2 trainer) in the SOURCE dataset's model folder")
-    weights = style_generator_weights(extras["training_modules"])  # the EMA generator of stage 1 where there is one
+    # the EMA generator of stage 1 where there is one
+    weights = style_generator_weights(extras["training_modules"], path)
     generator = StyleTransferGenerator(StyleConfig(**config))
     generator.load_state_dict(weights)
     return generator.to(device).eval(), checkpoint["init_args"], extras["partner"]

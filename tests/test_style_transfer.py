@@ -172,3 +172,18 @@ def test_cycle_and_content_discriminator():
     discriminators = build_discriminators(config, generator.content_encoder.out_channels)
     assert set(discriminators) == {"source", "target", "content"}
     assert discriminators["content"](p.content_source).shape == (2, 1, 4, 4)
+
+
+def test_a_generator_of_the_first_stage_1_is_refused_with_the_fix():
+    from nnunet_unpaired.errors import UserError
+    from nnunet_unpaired.training.glua_style import style_generator_weights
+
+    config = StyleConfig(dim=2, strides=[[2, 2]], width=4, n_res=1, style_dim=3, mlp_width=8)
+    state = {f"style_generator.{k}": v for k, v in StyleTransferGenerator(config).state_dict().items()}
+    ema = {f"style_generator_ema.copies.0.{k}": v + 1 for k, v in StyleTransferGenerator(config).state_dict().items()}
+    chosen = style_generator_weights({**state, **ema})  # the EMA generator's where there is one
+    assert torch.equal(chosen["windows"], ema["style_generator_ema.copies.0.windows"])
+    assert set(style_generator_weights(state)) == {k[len("style_generator."):] for k in state}
+    old = {k: v for k, v in state.items() if not k.endswith("windows")}  # the first stage 1 had no windows
+    with pytest.raises(UserError, match="(?s)/x/checkpoint_final.pth.*first GLUA stage 1.*-tr nnUNetTrainerGLUAStyle"):
+        style_generator_weights(old, "/x/checkpoint_final.pth")

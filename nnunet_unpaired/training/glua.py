@@ -130,7 +130,7 @@ class nnUNetTrainerGLUA(nnUNetTrainerSourceOnly):
         if extras.get("partner") != self.partner_name:
             raise UserError(f"the style model {path} was trained with target {extras.get('partner')}, not with "
                             f"{self.partner_name}. Retrain stage 1: {command}")
-        return StyleConfig(**config), style_generator_weights(extras["training_modules"])
+        return StyleConfig(**config), style_generator_weights(extras["training_modules"], path)
 
     def before_loading_checkpoint(self, extras: Dict) -> None:
         if "style_config" in extras:

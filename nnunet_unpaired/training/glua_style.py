@@ -27,7 +27,8 @@ The method, its paper and stage 2: :mod:`nnunet_unpaired.training.glua`; the mod
 :mod:`nnunet_unpaired.modules.style_transfer` and docs/glua.md. Stage 2 and ``nnunet_unpaired translate`` load the
 style generator from this trainer's ``checkpoint_final.pth`` in the SOURCE dataset's model folder.
 
-During the translation phase and after every epoch a label-free translation check (:mod:`nnunet_unpaired.training.translation_check`) runs on the
+During the translation phase and after every epoch a label-free translation check
+(:mod:`nnunet_unpaired.training.translation_check`) runs on the
 last translation batch: the intensity distance of the translated source patches to the target patches, next to
 that of the untranslated ones (logged as ``st_check_source``, ``st_check_translated``, ``st_check_ratio``; ratio < 1:
 the translation moved towards the target's contrast). On the project's phantom also the structures' contrast order
@@ -52,6 +53,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from torch import nn
 
+from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.losses.adversarial import StyleTransferLoss
 from nnunet_unpaired.modules.mean_teacher import EMATeacher
 from nnunet_unpaired.modules.style_transfer import (StyleConfig, StyleTransferGenerator, build_discriminators,
@@ -66,12 +68,22 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 EMA_KEY = "style_generator_ema"
 
 
-def style_generator_weights(training_modules: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def style_generator_weights(training_modules: Dict[str, torch.Tensor], path: str = "the checkpoint"
+                            ) -> Dict[str, torch.Tensor]:
     """The generator weights of a stage-1 (or stage-2) checkpoint's training modules: the EMA generator's where there
-    is one, else the trained generator's."""
+    is one, else the trained generator's.
+
+    Raises:
+        UserError: naming ``path``, when the checkpoint's generator predates the translation phase (no intensity
+            windows: the first stage 1, whose generator had a linear output on nnU-Net's intensities).
+    """
     for prefix in (f"{EMA_KEY}.copies.0.", "style_generator."):
         weights = {k[len(prefix):]: v for k, v in training_modules.items() if k.startswith(prefix)}
         if weights:
+            if "windows" not in weights:
+                raise UserError(f"{path} holds a style generator of the first GLUA stage 1 (before its translation "
+                                f"phase, issue 16); this version cannot use it. Retrain stage 1: nnUNetv2_train "
+                                f"<source> <configuration> <fold> -tr nnUNetTrainerGLUAStyle")
             return weights
     return {}
 
