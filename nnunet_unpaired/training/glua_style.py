@@ -61,7 +61,7 @@ from nnunet_unpaired.modules.style_transfer import (StyleConfig, StyleTransferGe
 from nnunet_unpaired.training.source_only import frozen, nnUNetTrainerSourceOnly, own_adam
 from nnunet_unpaired.training.translation_check import contrast_order_agreement, translation_check
 
-CHECK_SAMPLES = 4  # patches of the last translation batch the translation check looks at
+CHECK_SAMPLES = 4  # patches of the last translation batch shown in translation_check.png (the check uses all)
 WINDOW_BATCHES = 8  # batches per domain whose intensities set the [-1, 1] windows
 WINDOW_PERCENTILES = (0.5, 99.5)
 #: training-module key of the EMA generator; stage 2 and ``translate`` load its copy (see style_generator_weights)
@@ -236,8 +236,8 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
             ema.update([generator])
             if (step + 1) % self.style_check_every == 0 or step + 1 == self.style_steps:
                 labels = batch_s["target"][0] if isinstance(batch_s["target"], (list, tuple)) else batch_s["target"]
-                self._check_batch = (source[:CHECK_SAMPLES].detach(), target[:CHECK_SAMPLES].detach(),
-                                     labels[:CHECK_SAMPLES].detach())
+                # the whole batch: the contrast order of 4 patches saw too few structures to be stable
+                self._check_batch = (source.detach(), target.detach(), labels.detach())
                 result = self.run_translation_check()
                 history["checks"].append({"step": step + 1, **result})
                 terms = ", ".join(f"{k} {float(v):.3f}" for k, v in last.items())
@@ -303,7 +303,7 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         expected = self.target_rendering()
         result["order"] = (contrast_order_agreement(translated, labels, expected)
                            if expected and labels is not None else math.nan)
-        self._check_images = (source.cpu(), translated.cpu(), target.cpu())
+        self._check_images = tuple(x[:CHECK_SAMPLES].cpu() for x in (source, translated, target))
         return result
 
     def on_epoch_end(self):
