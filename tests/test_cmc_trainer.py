@@ -212,6 +212,11 @@ def test_export_loads_strictly_with_each_modalitys_head(semi_pair, monkeypatch):
     again.initialize()
     again.load_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
     assert all(torch.equal(a, b) for a, b in zip(again.partner_head.parameters(), head_b.parameters()))
+    # the mean teacher comes back with --c (its weights and its step count), and is never part of the export
+    assert all(torch.equal(a, b) for a, b in zip(again.teacher.parameters(), trainer.teacher.parameters()))
+    assert int(again.teacher.steps) == int(trainer.teacher.steps) == 1
+    assert any(k.startswith("teacher.") for k in own[CHECKPOINT_KEY]["training_modules"])
+    assert not any(k.startswith("teacher") or k.startswith("copies") for k in own["network_weights"])
 
 
 def test_fold_without_labelled_training_case_is_refused(semi_pair, monkeypatch):
