@@ -46,7 +46,7 @@ from nnunet_unpaired.benchmark import registry, report
 from nnunet_unpaired.benchmark.comparison import Difference, paired_difference
 from nnunet_unpaired.benchmark.config import Context, Dataset, ExperimentInput, ModelRef
 from nnunet_unpaired.benchmark.costs import collect_costs
-from nnunet_unpaired.benchmark.evaluation import evaluate, metrics_file
+from nnunet_unpaired.benchmark.evaluation import evaluate, mean_dice, metrics_file
 from nnunet_unpaired.benchmark.planning import plan
 from nnunet_unpaired.benchmark.prediction import predict
 from nnunet_unpaired.benchmark.registry import Method
@@ -226,17 +226,6 @@ def train_any(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
 
 
 # ------------------------------------------------------------------------------------------------------ headline
-
-
-def mean_dice(rows: Sequence[Mapping], method: str, modality: str) -> float:
-    """Mean over structures of the per-structure mean Dice over test cases and folds (NaN left out)."""
-    per_structure: dict[str, list[float]] = {}
-    for r in rows:
-        value = r.get("dice")
-        if r["method"] == method and r["modality"] == modality and value is not None and not math.isnan(float(value)):
-            per_structure.setdefault(str(r["structure"]), []).append(float(value))
-    means = [sum(v) / len(v) for v in per_structure.values() if v]
-    return sum(means) / len(means) if means else math.nan
 
 
 def _ratio(value: float, base: float) -> str:

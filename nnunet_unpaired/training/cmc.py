@@ -95,6 +95,7 @@ from torch import nn
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.losses.cross_modal_consistency import (CAC_MODES, CSC_DESCRIPTORS, AnatomicalConsistencyLoss,
                                                             ChannelSemanticConsistencyLoss)
+from nnunet_unpaired.losses.mutual_distillation import full_resolution
 from nnunet_unpaired.losses.pseudo_label import ConfidentPseudoLabelLoss
 from nnunet_unpaired.losses.ramps import cosine_rampdown, warmup_ramp
 from nnunet_unpaired.modules.cmc_network import CMCNetwork, build_cmc_network
@@ -150,10 +151,6 @@ def resolve_settings(defaults: Mapping[str, object], plans: Mapping, environ: Ma
 def _finish(loader) -> None:
     if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
         loader._finish()
-
-
-def _highest_resolution(output):
-    return output[0] if isinstance(output, (list, tuple)) else output
 
 
 class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
@@ -336,7 +333,7 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
                 self.st_weight * warmup_ramp(epoch, self.num_epochs))
 
     def train_step(self, batch: dict) -> dict:
-        if self.uses_unlabelled and any(w > 0 for w in self.consistency_weights(self.current_epoch)):
+        if any(w > 0 for w in self.consistency_weights(self.current_epoch)):  # (a weight > 0: uses_unlabelled)
             loaders = (self.dataloader_unlabelled, self.dataloader_unlabelled_partner)
             self._unlabelled_pair = tuple(next(loader)["data"].to(self.device, non_blocking=True) for loader in loaders)
         try:
@@ -371,15 +368,15 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
                 taught = network(data_a, data_b, head_b, self_fused)
             student_in = (perturb_intensities(data_a), perturb_intensities(data_b))
         student = self.network(*student_in, self.partner_head, self_fused)
-        out_a, out_b = _highest_resolution(student.output_a), _highest_resolution(student.output_b)
+        out_a, out_b = full_resolution(student.output_a), full_resolution(student.output_b)
         csc = self.csc_loss(student.bottleneck_a, student.bottleneck_b)
         cac = self.cac_loss(torch.softmax(out_a.float(), 1), torch.softmax(out_b.float(), 1))
         terms = {"csc": w_csc * csc, "cac": w_cac * cac, "csc_unweighted": csc.detach(),
                  "cac_unweighted": cac.detach(), "w_csc": torch.tensor(w_csc), "w_cac": torch.tensor(w_cac),
                  "w_st": torch.tensor(w_st)}
         if self.teacher is not None:
-            st_a, share_a = self.st_loss(out_a, torch.softmax(_highest_resolution(taught.output_a).float(), 1))
-            st_b, share_b = self.st_loss(out_b, torch.softmax(_highest_resolution(taught.output_b).float(), 1))
+            st_a, share_a = self.st_loss(out_a, torch.softmax(full_resolution(taught.output_a).float(), 1))
+            st_b, share_b = self.st_loss(out_b, torch.softmax(full_resolution(taught.output_b).float(), 1))
             terms.update({"st": w_st * (st_a + st_b), "st_unweighted": (st_a + st_b).detach(),
                           "st_confident": (share_a + share_b) / 2})
         return terms
@@ -388,7 +385,7 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
 class nnUNetTrainerCMCPublicForm(nnUNetTrainerCMC):
     """The public code's loss forms (defects fixed): voxel-wise CSC and CAC, no self-fusion training, no ST.
 
-    For aligned (paired) data and for comparison in the misalignment experiments."""
+    For aligned (paired) data."""
 
     csc_weight = 2.0
     csc_descriptor = "spatial"

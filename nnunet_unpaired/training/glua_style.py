@@ -55,6 +55,7 @@ from torch import nn
 
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.losses.adversarial import StyleTransferLoss
+from nnunet_unpaired.losses.mutual_distillation import full_resolution
 from nnunet_unpaired.modules.mean_teacher import EMATeacher
 from nnunet_unpaired.modules.style_transfer import (StyleConfig, StyleTransferGenerator, build_discriminators,
                                                     style_strides_from_plan)
@@ -226,7 +227,7 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         self.print_to_log_file(f"translation phase: steps {done} -> {self.style_steps} (own budget; "
                                f"nnUNet_unpaired_glua_style_steps)", also_print_to_console=True)
         history = self.__dict__.setdefault("_translation_log", {"seconds": 0.0, "steps": 0, "checks": []})
-        start, last = time.perf_counter(), {}
+        first, start = done, time.perf_counter()
         generator.train()
         for step in range(done, self.style_steps):
             batch_s, batch_t = next(loaders[0]), next(loaders[1])
@@ -235,10 +236,10 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
             last = self.style_step(generator.to_unit(source, "source"), generator.to_unit(target, "target"))
             ema.update([generator])
             if (step + 1) % self.style_check_every == 0 or step + 1 == self.style_steps:
-                labels = batch_s["target"][0] if isinstance(batch_s["target"], (list, tuple)) else batch_s["target"]
+                labels = full_resolution(batch_s["target"])
                 # the whole batch: the contrast order of 4 patches saw too few structures to be stable
                 self._check_batch = (source.detach(), target.detach(), labels.detach())
-                result = self.run_translation_check()
+                result = self._last_check = self.run_translation_check()
                 history["checks"].append({"step": step + 1, **result})
                 terms = ", ".join(f"{k} {float(v):.3f}" for k, v in last.items())
                 self.print_to_log_file(
@@ -246,12 +247,9 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
                     f"{result['source_to_target']:.3f} -> {result['translated_to_target']:.3f} (ratio "
                     f"{result['ratio']:.2f}), order {result['order']:.2f}", also_print_to_console=True)
             if (step + 1) % self.style_save_every == 0 and step + 1 < self.style_steps:
-                history["seconds"] += time.perf_counter() - start
-                history["steps"] += step + 1 - done
-                start, done = time.perf_counter(), step + 1
                 self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
         history["seconds"] += time.perf_counter() - start
-        history["steps"] += self.style_steps - done
+        history["steps"] += self.style_steps - first
         self.print_to_log_file(f"translation phase done: {history['steps']} steps in {history['seconds']:.0f} s "
                                f"({history['seconds'] / max(1, history['steps']):.3f} s/step) this run",
                                also_print_to_console=True)
@@ -291,7 +289,7 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         return {k: values[k] for k in values if isinstance(k, int)}
 
     def run_translation_check(self) -> Optional[Dict[str, float]]:
-        """The check on the epoch's last batch (see the module docstring); None before the first step."""
+        """The check on the last translation batch (see the module docstring); None before the first check."""
         batch = getattr(self, "_check_batch", None)
         if batch is None:
             return None
@@ -307,7 +305,9 @@ class nnUNetTrainerGLUAStyle(nnUNetTrainerSourceOnly):
         return result
 
     def on_epoch_end(self):
-        result = self.run_translation_check()
+        # the phase's last check: the EMA generator does not change after the phase, so checking the same batch
+        # again every epoch would give the same numbers
+        result = getattr(self, "_last_check", None)
         if result is not None:
             for key, name in (("source_to_target", "st_check_source"), ("translated_to_target", "st_check_translated"),
                               ("ratio", "st_check_ratio"), ("order", "st_check_order")):
