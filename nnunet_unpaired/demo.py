@@ -70,6 +70,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-test", type=int, default=4, help="held-out test cases per modality")
     parser.add_argument("--max-features", type=int, default=32, help="network width cap (small for CPU)")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of each modality")
+    parser.add_argument("-np", "--num-processes", type=int, default=2,
+                        help="processes for planning (plan-pair -np); prediction uses one fewer as background workers "
+                             "(-npp/-nps; 1: prediction runs in the main process)")
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
                         help="default: cuda when available, else cpu")
 
@@ -81,6 +84,8 @@ def run(args) -> int:
     from nnunet_unpaired.phantom import LABELS, PhantomConfig, dataset_folder_name, write_phantom_pair
     from nnunet_unpaired.registration import env_with_trainers
 
+    if args.num_processes < 1:
+        raise UserError(f"--num-processes must be at least 1 (got {args.num_processes})")
     start = time.time()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     work = os.path.abspath(args.work_dir)
@@ -104,7 +109,8 @@ def run(args) -> int:
 
     print("== 2/5 plan both datasets together (shared network, own normalization)")
     _stream([_tool("nnunet_unpaired"), "plan-pair", "-d", str(ids[0]), str(ids[1]), "-c", args.configuration,
-             "--max-features", str(args.max_features), "--batch-size", str(args.batch_size), "-np", "2"], env,
+             "--max-features", str(args.max_features), "--batch-size", str(args.batch_size),
+             "-np", str(args.num_processes)], env,
             log("plan_pair.log"))
 
     print(f"== 3/5 train one network on both ({args.epochs} epochs x {args.iters} iterations, {device})")
@@ -112,13 +118,14 @@ def run(args) -> int:
             env, log("train.log"))
 
     print("== 4/5 predict the held-out cases of each modality with the stock nnUNetv2_predict")
+    workers = args.num_processes - 1
     predictions = {}
     for dataset_id, name in zip(ids, names):
         out = os.path.join(work, "predictions", name)
         predictions[name] = out
         _stream([_tool("nnUNetv2_predict"), "-i", os.path.join(folders["nnUNet_raw"], name, "imagesTs"), "-o", out,
                  "-d", str(dataset_id), "-c", args.configuration, "-f", "0", "-tr", args.trainer, "-device", device,
-                 "-npp", "1", "-nps", "1"], env, log(f"predict_{name}.log"))
+                 "-npp", str(workers), "-nps", str(workers)], env, log(f"predict_{name}.log"))
 
     print("== 5/5 evaluate against labelsTs")
     structures = [k for k in LABELS if k != "background"]

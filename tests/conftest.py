@@ -52,16 +52,33 @@ def nnunet_dirs(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def planned_pair(tmp_path_factory):
+def planned_pair(tmp_path_factory, worker_id):
     """One phantom pair planned with plan-pair (2d and 3d_fullres, tiny network) for the whole session.
 
     Returns ``(root, env)``; ``env`` holds the nnU-Net folder variables, the trainer registration and a tiny budget.
     Tests that train must use their own trainer/fold so their model folders do not collide.
+
+    Under pytest-xdist the pair is planned ONCE per run (by whichever worker asks first, under a file lock, in the
+    run's shared temporary folder) and every worker gets its own copy of the folders (a copy takes well under a
+    second; planning takes about a minute of CPU), so no two workers ever write into the same nnU-Net folders.
     """
-    from pairs import make_planned_pair
+    from pairs import make_planned_pair, nnunet_env
 
     root = tmp_path_factory.mktemp("planned_pair")
-    return root, make_planned_pair(root, num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
+    if worker_id == "master":  # no xdist: plan here
+        return root, make_planned_pair(root, num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp().parent / "planned_pair_shared"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (also if planning fails)
+        if not (shared / "done").exists():
+            make_planned_pair(shared / "pair", num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
+            (shared / "done").write_text("ok")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(shared / "pair" / name, root / name, symlinks=True)
+    return root, nnunet_env(root)
 
 
 #: measured seconds per test file (written by a run with TEST_RECORD_DURATIONS=1, see pytest_sessionfinish)

@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end(tmp_path):
     env.update(nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", nnUNet_unpaired_skip_final_validation="1")
     proc = subprocess.run([str(exe), "demo", "--work-dir", str(tmp_path / "demo"), "--epochs", "1", "--iters", "3",
                            "--num-train", "5", "--num-test", "1", "--max-features", "8", "--batch-size", "2",
-                           "--device", "cpu"], env=env, capture_output=True, text=True, timeout=900)
+                           "--device", "cpu", "-np", "1"], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for step in ("1/5", "2/5", "3/5", "4/5", "5/5", "$ ", "nnUNetv2_train", "nnUNetv2_predict"):
         assert step in proc.stdout

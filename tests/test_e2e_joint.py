@@ -19,6 +19,7 @@ from nnunet_unpaired.benchmark.metrics import evaluate_folder
 from nnunet_unpaired.phantom import LABELS
 
 from pairs import IDS, NAMES, run
+from stock_commands import run_console_scripts
 
 pytestmark = pytest.mark.slow
 TRAINER = "nnUNetTrainerUnpairedJoint"
@@ -65,14 +66,25 @@ def test_model_folders_for_both_datasets(trained):
         net.load_state_dict(checkpoint["network_weights"], strict=True)
 
 
+@pytest.fixture(scope="module")
+def predictions(trained, tmp_path_factory):
+    """nnUNetv2_predict on the test images of each modality, both in one interpreter (one start-up of torch and
+    nnU-Net instead of two; each command runs as the shell would run it)."""
+    root, env, _ = trained
+    out = tmp_path_factory.mktemp("e2e_joint_pred")
+    commands = [{"cmd": ["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / name / "imagesTs"), "-o", str(out / name),
+                         "-d", str(IDS[which]), "-c", "2d", "-f", FOLD, "-tr", TRAINER, "-device", "cpu",
+                         "-npp", "0", "-nps", "0"]} for which, name in enumerate(NAMES)]
+    run_console_scripts(commands, env)
+    return out
+
+
 @pytest.mark.parametrize("which", [0, 1])
-def test_predict_each_modality(trained, which, tmp_path):
+def test_predict_each_modality(trained, predictions, which):
     root, env, _ = trained
     name = NAMES[which]
     images = root / "nnUNet_raw" / name / "imagesTs"
-    out = tmp_path / "pred"
-    run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(IDS[which]), "-c", "2d", "-f", FOLD,
-         "-tr", TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"], env)
+    out = predictions / name
     for image in sorted(images.glob("*_0000.nii.gz")):
         src = sitk.ReadImage(str(image))
         pred = sitk.ReadImage(str(out / image.name.replace("_0000", "")))

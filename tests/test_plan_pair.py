@@ -54,15 +54,25 @@ def test_both_preprocessed_with_own_dataset_json(planned):
 
 
 @pytest.mark.slow
-def test_rerun_is_safe_and_raw_untouched(planned, monkeypatch):
+def test_rerun_is_safe_and_raw_untouched(planned, tmp_path, monkeypatch):
+    """A second plan-pair over planned datasets (a copy: other tests read the session's pair) replaces the plans and
+    the preprocessed data without touching raw (2d only: the rerun's cost is preprocessing, the same for every configuration)."""
     root, env = planned
-    raw_before = {p: p.stat().st_mtime_ns for p in (root / "nnUNet_raw").rglob("*") if p.is_file()}
-    set_env(env, monkeypatch)
-    plan_pair(str(IDS[0]), str(IDS[1]), ["2d", "3d_fullres"], max_features=16, batch_size=4, num_processes=1,
-              verify=False, log=lambda *a: None)
-    raw_after = {p: p.stat().st_mtime_ns for p in (root / "nnUNet_raw").rglob("*") if p.is_file()}
+    raw = _copy_raw(root, tmp_path)
+    shutil.copytree(env["nnUNet_preprocessed"], tmp_path / "pre")
+    _env(monkeypatch, tmp_path, raw)
+    raw_before = {p: p.stat().st_mtime_ns for p in raw.rglob("*") if p.is_file()}
+    plans_file = tmp_path / "pre" / NAMES[1] / "nnUNetPlans.json"
+    plans_file.write_text(plans_file.read_text().replace('"ZScoreNormalization"', '"RescaleTo01Normalization"'))
+    plan_pair(str(IDS[0]), str(IDS[1]), ["2d"], max_features=16, batch_size=4, num_processes=1, verify=False,
+              log=lambda *a: None)
+    raw_after = {p: p.stat().st_mtime_ns for p in raw.rglob("*") if p.is_file()}
     assert raw_before == raw_after
-    assert plans_differences(_plans(env, NAMES[0]), _plans(env, NAMES[1]), "2d") == []
+    env_copy = dict(env, nnUNet_preprocessed=str(tmp_path / "pre"))
+    again_a, again_b = _plans(env_copy, NAMES[0]), _plans(env_copy, NAMES[1])
+    assert plans_differences(again_a, again_b, "2d") == []
+    assert again_b["configurations"]["2d"]["normalization_schemes"] == ["ZScoreNormalization"]  # rewritten
+    assert again_a["configurations"]["2d"] == _plans(env, NAMES[0])["configurations"]["2d"]  # same data, same plan
 
 
 def test_partner_plans_is_pure():

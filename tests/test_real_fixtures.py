@@ -54,7 +54,7 @@ def test_real_ct_and_mr_pair_train_and_predict(totalseg_fixtures, tmp_path):
         assert set(np.unique(labels)) == {0, 1, 2, 3, 4}, "all four shared organs are in both real label maps"
 
     proc = run(["nnunet_unpaired", "plan-pair", "-d", "931", "932", "-c", "2d", "--max-features", "16",
-                "--batch-size", "2", "-np", "1"], env)
+                "--batch-size", "2", "-np", "1", "--no-verify"], env)  # integrity: test_conversion_fixtures
     assert "fold 'all'" in proc.stdout  # one case per dataset: the 5-fold split is impossible, and it says so
     plans_mr = json.loads((tmp_path / "nnUNet_preprocessed" / "Dataset932_RealMR" / "nnUNetPlans.json").read_text())
     assert plans_mr["configurations"]["2d"]["normalization_schemes"] == ["ZScoreNormalization"]
