@@ -21,7 +21,7 @@ from nnunet_unpaired.semisupervised import MARKER_KEY
 from nnunet_unpaired.training.cmc import PARTNER_HEAD, nnUNetTrainerCMC, resolve_settings
 from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY
 
-from pairs import SMALL, nnunet_env, run, set_env
+from pairs import SMALL, nnunet_env, run_many, set_env
 
 SOURCE_IDS, SEMI_IDS = (981, 982), (983, 984)
 NAMES = ("Dataset983_PhantomCTSemi40", "Dataset984_PhantomMRSemi40")
@@ -35,10 +35,10 @@ def semi_pair(tmp_path_factory):
     env = nnunet_env(root)
     write_phantom_pair(env["nnUNet_raw"], SOURCE_IDS, PhantomConfig(num_train=5, num_test=2, **SMALL),
                        log=lambda *a: None)
-    run(["nnunet_unpaired", "make-semisupervised", "-d", *map(str, SOURCE_IDS), "--percent", "40", "--to-ids",
-         *map(str, SEMI_IDS)], env)
-    run(["nnunet_unpaired", "plan-pair", "-d", *map(str, SEMI_IDS), "-c", "2d", "--max-features", "16",
-         "--batch-size", "4", "-np", "1", "--no-verify"], env)  # integrity: test_semisupervised
+    run_many([["nnunet_unpaired", "make-semisupervised", "-d", *map(str, SOURCE_IDS), "--percent", "40", "--to-ids",
+               *map(str, SEMI_IDS)],
+              ["nnunet_unpaired", "plan-pair", "-d", *map(str, SEMI_IDS), "-c", "2d", "--max-features", "16",
+               "--batch-size", "4", "-np", "1", "--no-verify"]], env)  # integrity: test_semisupervised
     return root, env
 
 
@@ -238,14 +238,15 @@ def test_fold_without_labelled_training_case_is_refused(semi_pair, monkeypatch):
 def test_train_and_predict_both_modalities(semi_pair, tmp_path):
     root, env = semi_pair
     env = dict(env, nnUNet_unpaired_epochs="2", nnUNet_unpaired_iters="6", OMP_NUM_THREADS="1")  # 1 thread: faster here
-    run(["nnUNetv2_train", str(SEMI_IDS[0]), "2d", "all", "-tr", TRAINER, "-device", "cpu"], env, timeout=900)
+    run_many([["nnUNetv2_train", str(SEMI_IDS[0]), "2d", "all", "-tr", TRAINER, "-device", "cpu"]]
+             + [["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / name / "imagesTs"), "-o", str(tmp_path / f"pred_{i}"),
+                 "-d", str(SEMI_IDS[i]), "-c", "2d", "-f", "all", "-tr", TRAINER, "-device", "cpu", "-npp", "0",
+                 "-nps", "0"] for i, name in enumerate(NAMES)], env)
     for which, name in enumerate(NAMES):
         folder = Path(env["nnUNet_results"]) / name / f"{TRAINER}__nnUNetPlans__2d" / "fold_all"
         assert (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file()
         images = root / "nnUNet_raw" / name / "imagesTs"
         out = tmp_path / f"pred_{which}"
-        run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(SEMI_IDS[which]), "-c", "2d", "-f",
-             "all", "-tr", TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"], env)
         for image in sorted(images.glob("*_0000.nii.gz")):
             src, pred = sitk.ReadImage(str(image)), sitk.ReadImage(str(out / image.name.replace("_0000", "")))
             assert pred.GetSize() == src.GetSize() and np.allclose(pred.GetDirection(), src.GetDirection())

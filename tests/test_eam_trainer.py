@@ -17,7 +17,7 @@ from nnunet_unpaired.training.eam import nnUNetTrainerEAM
 from nnunet_unpaired.training.ummkd import nnUNetTrainerUMMKD
 from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY, nnUNetTrainerUnpairedJoint
 
-from pairs import IDS, NAMES, run, set_env
+from pairs import IDS, NAMES, run_many, set_env
 
 
 def _trainer(env, monkeypatch, cls, fold):
@@ -201,15 +201,15 @@ def test_ummkd_step_has_kd_term_and_own_norms(planned_pair, monkeypatch):
 def test_eam_end_to_end_train_and_predict_both(planned_pair, tmp_path):
     root, env = planned_pair
     env = dict(env, nnUNet_unpaired_skip_final_validation="1")  # nnU-Net's final validation: tested in test_e2e_joint
-    run(["nnUNetv2_train", str(IDS[0]), "2d", "3", "-tr", "nnUNetTrainerEAM", "-device", "cpu"], env, 900)
+    run_many([["nnUNetv2_train", str(IDS[0]), "2d", "3", "-tr", "nnUNetTrainerEAM", "-device", "cpu"]]
+             + [["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / name / "imagesTs"), "-o", str(tmp_path / name),
+                 "-d", str(IDS[i]), "-c", "2d", "-f", "3", "-tr", "nnUNetTrainerEAM", "-device", "cpu", "-npp", "0",
+                 "-nps", "0"] for i, name in enumerate(NAMES)], env)
     for which, name in enumerate(NAMES):
         folder = Path(env["nnUNet_results"]) / name / "nnUNetTrainerEAM__nnUNetPlans__2d" / "fold_3"
         ckpt = torch.load(folder / "checkpoint_final.pth", weights_only=False)
         _plain(name, env).load_state_dict(ckpt["network_weights"], strict=True)
         out = tmp_path / name
-        run(["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / name / "imagesTs"), "-o", str(out), "-d",
-             str(IDS[which]), "-c", "2d", "-f", "3", "-tr", "nnUNetTrainerEAM", "-device", "cpu", "-npp", "0",
-             "-nps", "0"], env)
         for image in (root / "nnUNet_raw" / name / "imagesTs").glob("*_0000.nii.gz"):
             pred = sitk.ReadImage(str(out / image.name.replace("_0000", "")))
             assert pred.GetSize() == sitk.ReadImage(str(image)).GetSize()

@@ -30,7 +30,7 @@ from nnunet_unpaired.training.glua import (ENV_STYLE_CHECKPOINT, TargetImagesOnl
                                            nnUNetTrainerGLUAStyle, nnUNetTrainerSourceOnly)
 from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY, nnUNetTrainerUnpairedJoint
 
-from pairs import IDS, NAMES, run, set_env
+from pairs import IDS, NAMES, run_many, section, set_env
 
 CONFIG = "2d"
 
@@ -335,25 +335,23 @@ def test_end_to_end_stage1_stage2_predict_target_and_translate(planned_pair, tmp
     fold = "1"
     env = dict(env, nnUNet_unpaired_epochs="1", nnUNet_unpaired_iters="3", nnUNet_unpaired_skip_final_validation="1",
                nnUNet_unpaired_glua_style_steps="4", nnUNet_unpaired_glua_style_check_every="2")
-    run(["nnUNetv2_train", str(IDS[0]), CONFIG, fold, "-tr", "nnUNetTrainerGLUAStyle", "-device", "cpu"], env)
-    proc = run(["nnUNetv2_train", str(IDS[0]), CONFIG, fold, "-tr", "nnUNetTrainerGLUA", "-device", "cpu"], env)
-    assert "style generator loaded from" in proc.stdout
-    assert "train_disc_local" in _logged_keys(env, fold)
-
     images = root / "nnUNet_raw" / NAMES[1] / "imagesTs"
-    out = tmp_path / "pred"
-    run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(IDS[1]), "-c", CONFIG, "-f", fold,
-         "-tr", "nnUNetTrainerGLUA", "-device", "cpu", "-npp", "0", "-nps", "0"], env)
+    out, translated = tmp_path / "pred", tmp_path / "translated"
+    output = run_many([
+        ["nnUNetv2_train", str(IDS[0]), CONFIG, fold, "-tr", "nnUNetTrainerGLUAStyle", "-device", "cpu"],
+        ["nnUNetv2_train", str(IDS[0]), CONFIG, fold, "-tr", "nnUNetTrainerGLUA", "-device", "cpu"],
+        ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(IDS[1]), "-c", CONFIG, "-f", fold,
+         "-tr", "nnUNetTrainerGLUA", "-device", "cpu", "-npp", "0", "-nps", "0"],
+        ["nnunet_unpaired", "translate", "-d", str(IDS[0]), "-c", CONFIG, "-f", fold, "-o", str(translated), "-n", "2"],
+    ], env)
+    assert "style generator loaded from" in section(output, f"nnUNetv2_train {IDS[0]} {CONFIG} {fold} -tr nnUNetTrainerGLUA ")
+    assert "train_disc_local" in _logged_keys(env, fold)
     for image in sorted(images.glob("*_0000.nii.gz")):
         src = sitk.ReadImage(str(image))
         pred = sitk.ReadImage(str(out / image.name.replace("_0000", "")))
         assert pred.GetSize() == src.GetSize() and np.allclose(pred.GetDirection(), src.GetDirection())
         assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(LABELS.values())
-
-    translated = tmp_path / "translated"
-    proc = run(["nnunet_unpaired", "translate", "-d", str(IDS[0]), "-c", CONFIG, "-f", fold, "-o", str(translated),
-                "-n", "2"], env)
-    assert "translated 2 case(s)" in proc.stdout
+    assert "translated 2 case(s)" in section(output, "nnunet_unpaired translate")
     files = sorted(p.name for p in translated.iterdir())
     assert "translations.png" in files and len([f for f in files if f.endswith("_translated.nii.gz")]) == 2
     source = sitk.ReadImage(str(next(translated.glob("*_source.nii.gz"))))
