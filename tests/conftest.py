@@ -51,6 +51,38 @@ def nnunet_dirs(tmp_path, monkeypatch):
     return dirs
 
 
+def _shared_pair_folder(tmp_path_factory) -> Path:
+    """Where the xdist workers of one run share the planned pair: in the run's base temporary folder (pytest-N/, the
+    parent of each worker's own popen-gwK/)."""
+    return tmp_path_factory.getbasetemp().parent / "planned_pair_shared"
+
+
+def _start_pair_planning(config) -> None:
+    """On an xdist worker whose tests need ``planned_pair``: start planning it in a background process, once per run
+    (the first worker to get here takes the lock and hands it to that process, which holds it until it is done).
+    Meanwhile the workers run the long files that do not need the pair (see :func:`pytest_collection_modifyitems`)."""
+    import fcntl
+    import subprocess
+
+    shared = _shared_pair_folder(config._tmp_path_factory)
+    shared.mkdir(exist_ok=True)
+    fd = os.open(shared / "lock", os.O_CREAT | os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # the other worker is starting it
+        if (shared / "started").exists():
+            return
+        (shared / "started").write_text(str(os.getpid()))
+        with open(shared / "planning.log", "w") as log:
+            subprocess.Popen([sys.executable, str(Path(__file__).with_name("pairs.py")), "plan-session-pair",
+                              str(shared / "pair"), str(shared / "done")], pass_fds=(fd,), stdout=log,
+                             stderr=subprocess.STDOUT)
+    finally:
+        os.close(fd)  # the planning process keeps its copy of the locked descriptor until it exits
+
+
 @pytest.fixture(scope="session")
 def planned_pair(tmp_path_factory, worker_id):
     """One phantom pair planned with plan-pair (2d and 3d_fullres, tiny network) for the whole session.
@@ -58,23 +90,26 @@ def planned_pair(tmp_path_factory, worker_id):
     Returns ``(root, env)``; ``env`` holds the nnU-Net folder variables, the trainer registration and a tiny budget.
     Tests that train must use their own trainer/fold so their model folders do not collide.
 
-    Under pytest-xdist the pair is planned ONCE per run (by whichever worker asks first, under a file lock, in the
-    run's shared temporary folder) and every worker gets its own copy of the folders (a copy takes well under a
-    second; planning takes about a minute of CPU), so no two workers ever write into the same nnU-Net folders.
+    Under pytest-xdist the pair is planned ONCE per run, in the background from the start of the run
+    (:func:`_start_pair_planning`), into the run's shared temporary folder; every worker waits for it here (the file
+    lock) and gets its own copy of the folders (well under a second; planning takes about a minute of CPU), so no two
+    workers ever write into the same nnU-Net folders. If the background planning failed, the fixture plans itself
+    (and fails with nnU-Net's message); the background log is ``planned_pair_shared/planning.log``.
     """
-    from pairs import make_planned_pair, nnunet_env
+    import fcntl
+
+    from pairs import SESSION_PAIR, make_planned_pair, nnunet_env
 
     root = tmp_path_factory.mktemp("planned_pair")
     if worker_id == "master":  # no xdist: plan here
-        return root, make_planned_pair(root, num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
-    import fcntl
-
-    shared = tmp_path_factory.getbasetemp().parent / "planned_pair_shared"
+        return root, make_planned_pair(root, **SESSION_PAIR)
+    shared = _shared_pair_folder(tmp_path_factory)
     shared.mkdir(exist_ok=True)
-    with open(shared / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (also if planning fails)
+    with open(shared / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the background planning; released when the file closes
         if not (shared / "done").exists():
-            make_planned_pair(shared / "pair", num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
+            shutil.rmtree(shared / "pair", ignore_errors=True)
+            make_planned_pair(shared / "pair", **SESSION_PAIR)
             (shared / "done").write_text("ok")
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
         shutil.copytree(shared / "pair" / name, root / name, symlinks=True)
@@ -95,9 +130,15 @@ def _known_durations() -> dict[str, float]:
         return {}
 
 
+#: files at least this long (measured seconds) that do not use ``planned_pair`` run first, while it is planned
+EARLY_SECONDS = 60.0
+
+
 def pytest_collection_modifyitems(config, items):
-    """Longest files first (measured seconds from :data:`DURATIONS_FILE`; files not in it after those, files with slow
-    tests first among them), each file's tests kept together and in order.
+    """Long files that do not need the session's planned pair first (it is planned in the background meanwhile, see
+    :func:`planned_pair`), then the rest; within each group longest first (measured seconds from
+    :data:`DURATIONS_FILE`; files not in it after those, files with slow tests first among them), each file's tests
+    kept together and in order.
 
     ``scripts/test.sh`` runs the suite on two workers (pytest-xdist, ``--dist loadfile``: a file's tests and its
     module fixtures stay on one worker). The workers take files in this order, so starting with the long ones keeps
@@ -106,12 +147,16 @@ def pytest_collection_modifyitems(config, items):
     known = _known_durations()
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     order = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    pair_files = {item.path for item in items if "planned_pair" in item.fixturenames}
 
     def key(item):
         seconds = known.get(item.path.name)
-        return (seconds is None, -(seconds or 0.0), item.path not in slow_files, order[item.path])
+        early = item.path not in pair_files and (seconds or 0.0) >= EARLY_SECONDS
+        return (not early, seconds is None, -(seconds or 0.0), item.path not in slow_files, order[item.path])
 
     items.sort(key=key)
+    if pair_files and hasattr(config, "workerinput"):
+        _start_pair_planning(config)
 
 
 def pytest_runtest_logreport(report):

@@ -18,6 +18,9 @@ NAMES = (dataset_folder_name(IDS[0], "CT"), dataset_folder_name(IDS[1], "MR"))
 SMALL = dict(field_of_view_mm=(64.0, 64.0, 24.0), ct=ModalityGeometry((2.0, 2.0, 3.0), False),
              mr=ModalityGeometry((2.4, 2.4, 4.0), True))
 
+#: the session's planned pair (conftest.planned_pair)
+SESSION_PAIR = dict(num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
+
 TINY_BUDGET = {"nnUNet_unpaired_seed": "0", "nnUNet_unpaired_epochs": "2", "nnUNet_unpaired_iters": "4", "nnUNet_unpaired_val_iters": "1",
                "nnUNet_unpaired_no_mirroring": "1", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
                "nnUNet_compile": "false", "PYTHONUNBUFFERED": "1",
@@ -83,3 +86,11 @@ def set_env(env: Dict[str, str], monkeypatch) -> None:
         if key.startswith("nnUNet"):
             monkeypatch.setenv(key, value)
     assert os.environ["nnUNet_preprocessed"] == env["nnUNet_preprocessed"]
+
+
+if __name__ == "__main__":
+    # python pairs.py plan-session-pair ROOT DONE_FILE: conftest's background planning of the session's pair
+    if len(sys.argv) != 4 or sys.argv[1] != "plan-session-pair":
+        sys.exit("usage: python pairs.py plan-session-pair ROOT DONE_FILE")
+    make_planned_pair(Path(sys.argv[2]), **SESSION_PAIR)
+    Path(sys.argv[3]).write_text("ok")
