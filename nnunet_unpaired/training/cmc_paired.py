@@ -233,7 +233,8 @@ class nnUNetTrainerCMCPaired(SemiSupervisedCMCMixin, BudgetMixin, nnUNetTrainer)
         checkpoint = filename_or_checkpoint
         if isinstance(filename_or_checkpoint, str):
             checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
-        super().load_checkpoint(checkpoint)
+        # the file name, not the loaded dict: nnU-Net 2.8.1's load_checkpoint fails on a dict (UnboundLocalError)
+        super().load_checkpoint(filename_or_checkpoint)
         saved = checkpoint.get(CHECKPOINT_KEY, {}).get("training_modules")
         if saved is not None and len(self.training_modules):
             self.training_modules.load_state_dict(saved)
