@@ -17,6 +17,8 @@ from nnunet_unpaired.errors import UserError
 COMMANDS = {
     "env": ("nnunet_unpaired.registration", "print the export line(s) that let nnU-Net find this plugin's trainers"),
     "phantom": ("nnunet_unpaired.phantom", "write a synthetic CT-like + MR-like dataset pair in nnU-Net raw format"),
+    "phantom-multichannel": ("nnunet_unpaired.phantom_multichannel",
+                             "write a synthetic paired multi-channel dataset (optionally with channel 1 misaligned)"),
     "plan-pair": ("nnunet_unpaired.plan_pair", "plan and preprocess two datasets of one anatomy together"),
     "remap-labels": ("nnunet_unpaired.remap_labels", "copy a raw dataset with renumbered labels (for pairing)"),
     "demo": ("nnunet_unpaired.demo", "phantom -> plan-pair -> train -> predict -> Dice table, end to end"),

@@ -231,6 +231,7 @@ EXPORTABLE = {"nnUNetTrainerUnpairedJoint", "nnUNetTrainerUnpairedJointModalityN
               "nnUNetTrainerGLUAGlobalOnly", "nnUNetTrainerGLUALocalOnly", "nnUNetTrainerGLUAUnmasked",
               "nnUNetTrainerGLUALocalOnlyUnmasked", "nnUNetTrainerVanilla", "nnUNetTrainerChannelDropout"}
 REFUSED = {"nnUNetTrainerMAML": "MAMLNetwork", "nnUNetTrainerCMC": "CMCNetwork",
+           "nnUNetTrainerCMCPaired": "PairedCMCNetwork",
            **{f"nnUNetTrainerCMC{v}": "CMCNetwork" for v in ("PublicForm", "NoSelfFusion", "LabelledOnly", "CSCOnly",
                                                               "CACOnly", "SelfTrainingOnly")}}
 

@@ -25,6 +25,12 @@ partner's slot, ``f = fusion(c_m, c_m)`` (``single_input_fusion = "self"``, the 
 :meth:`CMCNetwork.forward_pair`), so that the deployed single-input path is not out of distribution. See docs/cmc.md
 for the measurements.
 
+Paired mode (:class:`PairedCMCNetwork`, issue 17): ONE input of two co-registered channels of the same case (channel 0
+modality A, channel 1 modality B). Both channels run through the shared encoder as single-channel images, the fusion
+gets the attended bottlenecks of the SAME case (corresponding voxels, the pairing the paper intends), head A and head
+B (both in the network) read the fused features with their own bottleneck, and the shared decoder gives one output per
+head. The deployed output (what nnU-Net's predictor gets from ``forward(x)``) is the mean of the two heads' logits.
+
 Deviations from the public code (all documented in docs/cmc.md):
 
 - normalization of the fusion and head blocks is the plan's (InstanceNorm in nnU-Net) instead of BatchNorm /
@@ -51,7 +57,8 @@ from nnunet_unpaired.modules.channel_attention import ChannelAttention
 Output = Union[torch.Tensor, List[torch.Tensor]]
 SINGLE_INPUT_MODES = ("self", "zero")
 
-__all__ = ["CMCNetwork", "FusionBlock", "ModalityHead", "PairOutput", "SINGLE_INPUT_MODES", "build_cmc_network"]
+__all__ = ["CMCNetwork", "FusionBlock", "ModalityHead", "PairOutput", "PairedCMCNetwork", "SINGLE_INPUT_MODES",
+           "build_cmc_network", "build_paired_cmc_network", "mean_output"]
 
 
 def _default_norm(conv_op: Type[nn.Module]) -> Type[nn.Module]:
@@ -193,6 +200,56 @@ class CMCNetwork(nn.Module):
         out_a = self._decode(skips_a, self.head(fused_a, att_a))
         out_b = self._decode(skips_b, head_b(fused_b, att_b))
         return PairOutput(out_a, out_b, raw_a, raw_b)
+
+
+def mean_output(a: Output, b: Output) -> Output:
+    """The element-wise mean of two nnU-Net outputs (tensors, or lists of deep-supervision tensors)."""
+    if isinstance(a, (list, tuple)):
+        return [(x + y) / 2 for x, y in zip(a, b)]
+    return (a + b) / 2
+
+
+class PairedCMCNetwork(CMCNetwork):
+    """CMC for a two-channel case (channel 0 modality A, channel 1 modality B, co-registered): both heads in the network.
+
+    ``forward(x)`` with ``x`` of shape (B, 2, *spatial) returns the mean of the two heads' logits (the deployed
+    network, what nnU-Net's predictor calls); ``forward(x, pair_output=True)`` returns the :class:`PairOutput` of the
+    two heads and the raw bottlenecks (training). Sample i's fusion sees channel 0 and channel 1 of sample i only.
+    State-dict keys: those of :class:`CMCNetwork` plus ``head_b.*``.
+    """
+
+    def __init__(self, unet: nn.Module, norm_op: Optional[Type[nn.Module]] = None,
+                 norm_op_kwargs: Optional[dict] = None) -> None:
+        super().__init__(unet, norm_op, norm_op_kwargs)
+        self.head_b = self.new_head()
+
+    def forward(self, x: torch.Tensor, pair_output: bool = False) -> Union[Output, PairOutput]:
+        if x.dim() < 3 or x.shape[1] != 2:
+            raise ValueError(f"the paired CMC network takes two channels (modality A, modality B) per case, got input "
+                             f"of shape {tuple(x.shape)}")
+        # the same case's two channels, sample by sample: forward_pair pairs sample i of A with sample i of B
+        pair = self.forward_pair(x[:, 0:1], x[:, 1:2], self.head_b)
+        return pair if pair_output else mean_output(pair.output_a, pair.output_b)
+
+
+def build_paired_cmc_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
+                             num_input_channels: int, num_classes: int,
+                             deep_supervision: bool = True) -> PairedCMCNetwork:
+    """The paired CMC network around the plan's U-Net; the U-Net's encoder is built for ONE channel (shared by both).
+
+    Raises:
+        ValueError: if ``num_input_channels`` is not 2.
+    """
+    if num_input_channels != 2:
+        raise ValueError(f"the paired CMC network needs exactly 2 input channels, got {num_input_channels}")
+    unet = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, 1, num_classes,
+                                  allow_init=True, deep_supervision=deep_supervision)
+    network = PairedCMCNetwork(unet)
+    init = InitWeights_He(1e-2)
+    network.fusion.apply(init)
+    network.head.apply(init)
+    network.head_b.load_state_dict(network.head.state_dict())  # both heads start equal, as CMC's new_head does
+    return network
 
 
 def build_cmc_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],

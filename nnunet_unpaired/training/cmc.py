@@ -82,7 +82,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
@@ -98,7 +98,7 @@ from nnunet_unpaired.losses.cross_modal_consistency import (CAC_MODES, CSC_DESCR
 from nnunet_unpaired.losses.mutual_distillation import full_resolution
 from nnunet_unpaired.losses.pseudo_label import ConfidentPseudoLabelLoss
 from nnunet_unpaired.losses.ramps import cosine_rampdown, warmup_ramp
-from nnunet_unpaired.modules.cmc_network import CMCNetwork, build_cmc_network
+from nnunet_unpaired.modules.cmc_network import CMCNetwork, PairOutput, build_cmc_network
 from nnunet_unpaired.modules.mean_teacher import EMATeacher, perturb_intensities
 from nnunet_unpaired.semisupervised import split_labelled
 from nnunet_unpaired.training.unpaired_joint import nnUNetTrainerUnpairedJoint
@@ -124,15 +124,18 @@ SETTINGS = {
 }
 
 
-def resolve_settings(defaults: Mapping[str, object], plans: Mapping, environ: Mapping[str, str]) -> Dict[str, object]:
-    """The CMC settings: environment variable, else ``plans["cmc"][name]``, else ``defaults[name]``; validated.
+def resolve_settings(defaults: Mapping[str, object], plans: Mapping, environ: Mapping[str, str],
+                     names: Iterable[str] = tuple(SETTINGS)) -> Dict[str, object]:
+    """The CMC settings ``names`` (default: all): environment variable, else ``plans["cmc"][name]``, else
+    ``defaults[name]``; validated.
 
     Raises:
         ValueError: naming the setting, where its value came from, and what it must be.
     """
     from_plans = plans.get(PLANS_KEY) or {}
     settings = {}
-    for name, (variable, parse, check, expected) in SETTINGS.items():
+    for name in names:
+        variable, parse, check, expected = SETTINGS[name]
         raw = environ.get(variable, "").strip()
         source, value = (variable, raw) if raw else (f'plans["{PLANS_KEY}"]["{name}"]', from_plans.get(name))
         if value is None:
@@ -148,105 +151,37 @@ def resolve_settings(defaults: Mapping[str, object], plans: Mapping, environ: Ma
     return settings
 
 
-def _finish(loader) -> None:
+def finish_loader(loader) -> None:
+    """Stop a data loader's augmentation workers (nnU-Net's own loaders are stopped by nnU-Net)."""
     if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
         loader._finish()
 
 
-class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
-    """Cross-modality collaboration (Zhou et al., MICCAI 2024) for nnU-Net; see the module docstring."""
+class SemiSupervisedCMCMixin:
+    """What both CMC trainers (:class:`nnUNetTrainerCMC`, unpaired; ``nnUNetTrainerCMCPaired``, one two-channel
+    dataset) share: the settings, the schedules of the unlabelled terms, and the labelled / unlabelled split of the
+    training cases with their data loaders. Put before the nnU-Net trainer in the bases; call :meth:`setup_cmc` in
+    ``__init__``."""
 
-    csc_weight: float = 2.0
-    cac_weight: float = 2.0
-    unlabelled_start: float = 0.7
-    st_weight: float = 1.0
-    st_threshold: float = 0.9
-    ema_decay: float = 0.99
-    csc_temperature: float = 0.5
-    csc_descriptor: str = "gram"
-    cac_mode: str = "pooled"
-    self_fusion_prob: float = 0.5
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = _CUDA):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions:
-            raise NotImplementedError(f"{self.__class__.__name__} does not support region-based labels (CMC's "
-                                      f"anatomical consistency compares softmax class probabilities)")
-        settings = resolve_settings({name: getattr(self, name) for name in SETTINGS}, self.plans_manager.plans,
-                                    os.environ)
+    def setup_cmc(self, names: Iterable[str] = tuple(SETTINGS)) -> Dict[str, object]:
+        """Resolves the settings ``names`` (see :func:`resolve_settings`) onto the trainer and into its plans under
+        ``"cmc"``, builds the three unlabelled losses; returns the settings."""
+        settings = resolve_settings({name: getattr(self, name) for name in names}, self.plans_manager.plans,
+                                    os.environ, names)
         for name, value in settings.items():
             setattr(self, name, value)
         self.plans_manager.plans[PLANS_KEY] = dict(settings)
-        self._partner["plans_manager"].plans[PLANS_KEY] = dict(settings)
         self.csc_loss = ChannelSemanticConsistencyLoss(self.csc_temperature, self.csc_descriptor)
         self.cac_loss = AnatomicalConsistencyLoss(self.cac_mode)
         self.st_loss = ConfidentPseudoLabelLoss(self.st_threshold)
-        self.dataloader_unlabelled = self.dataloader_unlabelled_partner = None
+        self.dataloader_unlabelled = None
         self._case_subset: Optional[str] = None
         self._case_flags: Dict[str, Dict[str, bool]] = {}
-        self._unlabelled_pair: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-        self.print_to_log_file(f"{self.__class__.__name__} settings: {settings}", also_print_to_console=True)
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        return build_cmc_network(configuration_manager.network_arch_class_name,
-                                 configuration_manager.network_arch_init_kwargs,
-                                 configuration_manager.network_arch_init_kwargs_req_import,
-                                 num_input_channels, num_output_channels, enable_deep_supervision)
-
-    def cmc_network(self) -> CMCNetwork:
-        return self._plain_network()
-
-    @property
-    def partner_head(self) -> Optional[nn.Module]:
-        return self.training_modules[PARTNER_HEAD] if PARTNER_HEAD in self.training_modules else None
-
-    @property
-    def teacher(self) -> Optional[EMATeacher]:
-        """The mean teacher of ST (copies of the network and B's head), or None when ST is off."""
-        return self.training_modules[TEACHER] if TEACHER in self.training_modules else None
+        return settings
 
     @property
     def uses_unlabelled(self) -> bool:
         return self.csc_weight > 0 or self.cac_weight > 0 or self.st_weight > 0
-
-    # ------------------------------------------------------------------------------------- partner head, export
-    def build_training_modules(self) -> Dict[str, nn.Module]:
-        head_b = self.cmc_network().new_head()
-        modules = {**super().build_training_modules(), PARTNER_HEAD: head_b}
-        if self.st_weight > 0:  # not optimized (no parameter requires a gradient): see initialize in the base class
-            modules[TEACHER] = EMATeacher([self.cmc_network(), head_b], self.ema_decay)
-        return modules
-
-    @torch.no_grad()
-    def _swap_heads(self) -> None:
-        if self.partner_head is None:
-            return
-        own = list(self.cmc_network().head.state_dict(keep_vars=True).values())
-        other = list(self.partner_head.state_dict(keep_vars=True).values())
-        for a, b in zip(own, other):
-            kept = a.detach().clone()
-            a.copy_(b)
-            b.copy_(kept)
-
-    @contextlib.contextmanager
-    def as_partner(self):
-        """Dataset B's view (see the base class), with B's head in the network for validation and prediction."""
-        with super().as_partner():
-            self._swap_heads()
-            try:
-                yield
-            finally:
-                self._swap_heads()
-
-    def partner_network_weights(self) -> Dict[str, torch.Tensor]:
-        weights = dict(super().partner_network_weights())
-        if self.partner_head is not None:
-            weights.update({f"head.{k}": v for k, v in self.partner_head.state_dict().items()})
-        return weights
 
     # ------------------------------------------------------------------------------ labelled / unlabelled loaders
     def case_is_labelled(self) -> Dict[str, bool]:
@@ -301,9 +236,125 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
 
     def _training_loader_only(self):
         loader_tr, loader_val = nnUNetTrainer.get_dataloaders(self)
-        _finish(loader_val)
+        finish_loader(loader_val)
         return loader_tr
 
+    # ------------------------------------------------------------------------------------- schedules, losses
+    def unlabelled_terms(self, student: PairOutput, taught: Optional[PairOutput]) -> Dict[str, torch.Tensor]:
+        """The weighted unlabelled terms (``csc``, ``cac`` and, with a teacher's output, ``st``) and, for the log,
+        their unweighted values, the weights and the teacher's confident share.
+
+        Args:
+            student: the network's pair output on the (perturbed, with ST) unlabelled batch: CSC between its two
+                raw bottlenecks, CAC between its two softmax outputs, ST of each output against the teacher's.
+            taught: the teacher's pair output on the unperturbed batch, or None without ST.
+        """
+        w_csc, w_cac, w_st = self.consistency_weights(self.current_epoch)
+        out_a, out_b = full_resolution(student.output_a), full_resolution(student.output_b)
+        csc = self.csc_loss(student.bottleneck_a, student.bottleneck_b)
+        cac = self.cac_loss(torch.softmax(out_a.float(), 1), torch.softmax(out_b.float(), 1))
+        terms = {"csc": w_csc * csc, "cac": w_cac * cac, "csc_unweighted": csc.detach(),
+                 "cac_unweighted": cac.detach(), "w_csc": torch.tensor(w_csc), "w_cac": torch.tensor(w_cac),
+                 "w_st": torch.tensor(w_st)}
+        if taught is not None:
+            st_a, share_a = self.st_loss(out_a, torch.softmax(full_resolution(taught.output_a).float(), 1))
+            st_b, share_b = self.st_loss(out_b, torch.softmax(full_resolution(taught.output_b).float(), 1))
+            terms.update({"st": w_st * (st_a + st_b), "st_unweighted": (st_a + st_b).detach(),
+                          "st_confident": (share_a + share_b) / 2})
+        return terms
+
+    def consistency_weights(self, epoch: float) -> Tuple[float, float, float]:
+        """``(w_csc, w_cac, w_st)`` at ``epoch``: CSC warms up and CAC ramps down over the whole training, both zero
+        before ``unlabelled_start`` of it (the public code's schedule); ST warms up from the start."""
+        started = epoch >= self.unlabelled_start * self.num_epochs
+        return (self.csc_weight * warmup_ramp(epoch, self.num_epochs) if started else 0.0,
+                self.cac_weight * cosine_rampdown(epoch, self.num_epochs) if started else 0.0,
+                self.st_weight * warmup_ramp(epoch, self.num_epochs))
+
+
+class nnUNetTrainerCMC(SemiSupervisedCMCMixin, nnUNetTrainerUnpairedJoint):
+    """Cross-modality collaboration (Zhou et al., MICCAI 2024) for nnU-Net; see the module docstring."""
+
+    csc_weight: float = 2.0
+    cac_weight: float = 2.0
+    unlabelled_start: float = 0.7
+    st_weight: float = 1.0
+    st_threshold: float = 0.9
+    ema_decay: float = 0.99
+    csc_temperature: float = 0.5
+    csc_descriptor: str = "gram"
+    cac_mode: str = "pooled"
+    self_fusion_prob: float = 0.5
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = _CUDA):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.label_manager.has_regions:
+            raise NotImplementedError(f"{self.__class__.__name__} does not support region-based labels (CMC's "
+                                      f"anatomical consistency compares softmax class probabilities)")
+        settings = self.setup_cmc()
+        self._partner["plans_manager"].plans[PLANS_KEY] = dict(settings)
+        self.dataloader_unlabelled_partner = None
+        self._unlabelled_pair: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self.print_to_log_file(f"{self.__class__.__name__} settings: {settings}", also_print_to_console=True)
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return build_cmc_network(configuration_manager.network_arch_class_name,
+                                 configuration_manager.network_arch_init_kwargs,
+                                 configuration_manager.network_arch_init_kwargs_req_import,
+                                 num_input_channels, num_output_channels, enable_deep_supervision)
+
+    def cmc_network(self) -> CMCNetwork:
+        return self._plain_network()
+
+    @property
+    def partner_head(self) -> Optional[nn.Module]:
+        return self.training_modules[PARTNER_HEAD] if PARTNER_HEAD in self.training_modules else None
+
+    @property
+    def teacher(self) -> Optional[EMATeacher]:
+        """The mean teacher of ST (copies of the network and B's head), or None when ST is off."""
+        return self.training_modules[TEACHER] if TEACHER in self.training_modules else None
+
+    # ------------------------------------------------------------------------------------- partner head, export
+    def build_training_modules(self) -> Dict[str, nn.Module]:
+        head_b = self.cmc_network().new_head()
+        modules = {**super().build_training_modules(), PARTNER_HEAD: head_b}
+        if self.st_weight > 0:  # not optimized (no parameter requires a gradient): see initialize in the base class
+            modules[TEACHER] = EMATeacher([self.cmc_network(), head_b], self.ema_decay)
+        return modules
+
+    @torch.no_grad()
+    def _swap_heads(self) -> None:
+        if self.partner_head is None:
+            return
+        own = list(self.cmc_network().head.state_dict(keep_vars=True).values())
+        other = list(self.partner_head.state_dict(keep_vars=True).values())
+        for a, b in zip(own, other):
+            kept = a.detach().clone()
+            a.copy_(b)
+            b.copy_(kept)
+
+    @contextlib.contextmanager
+    def as_partner(self):
+        """Dataset B's view (see the base class), with B's head in the network for validation and prediction."""
+        with super().as_partner():
+            self._swap_heads()
+            try:
+                yield
+            finally:
+                self._swap_heads()
+
+    def partner_network_weights(self) -> Dict[str, torch.Tensor]:
+        weights = dict(super().partner_network_weights())
+        if self.partner_head is not None:
+            weights.update({f"head.{k}": v for k, v in self.partner_head.state_dict().items()})
+        return weights
+
+    # ------------------------------------------------------------------------------ labelled / unlabelled loaders
     def get_dataloaders(self):
         """Labelled training loaders for A and B (the base class's pair), plus unlabelled ones for A and B."""
         try:
@@ -321,17 +372,9 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
     def on_train_end(self):
         super().on_train_end()
         for loader in (self.dataloader_unlabelled, self.dataloader_unlabelled_partner):
-            _finish(loader)
+            finish_loader(loader)
 
     # ------------------------------------------------------------------------------------------------ losses
-    def consistency_weights(self, epoch: float) -> Tuple[float, float, float]:
-        """``(w_csc, w_cac, w_st)`` at ``epoch``: CSC warms up and CAC ramps down over the whole training, both zero
-        before ``unlabelled_start`` of it (the public code's schedule); ST warms up from the start."""
-        started = epoch >= self.unlabelled_start * self.num_epochs
-        return (self.csc_weight * warmup_ramp(epoch, self.num_epochs) if started else 0.0,
-                self.cac_weight * cosine_rampdown(epoch, self.num_epochs) if started else 0.0,
-                self.st_weight * warmup_ramp(epoch, self.num_epochs))
-
     def train_step(self, batch: dict) -> dict:
         if any(w > 0 for w in self.consistency_weights(self.current_epoch)):  # (a weight > 0: uses_unlabelled)
             loaders = (self.dataloader_unlabelled, self.dataloader_unlabelled_partner)
@@ -359,27 +402,15 @@ class nnUNetTrainerCMC(nnUNetTrainerUnpairedJoint):
     def unlabelled_losses(self, data_a: torch.Tensor, data_b: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The weighted unlabelled terms (``csc``, ``cac``, ``st``) and, for the log, their unweighted values, the
         weights and the teacher's confident share, on the deployed path (each sample fused with itself)."""
-        w_csc, w_cac, w_st = self.consistency_weights(self.current_epoch)
         self_fused = torch.ones(data_a.shape[0], dtype=torch.bool, device=data_a.device)
-        student_in = (data_a, data_b)
+        student_in, taught = (data_a, data_b), None
         if self.teacher is not None:
             with torch.no_grad():
                 network, head_b = self.teacher.copies
                 taught = network(data_a, data_b, head_b, self_fused)
             student_in = (perturb_intensities(data_a), perturb_intensities(data_b))
         student = self.network(*student_in, self.partner_head, self_fused)
-        out_a, out_b = full_resolution(student.output_a), full_resolution(student.output_b)
-        csc = self.csc_loss(student.bottleneck_a, student.bottleneck_b)
-        cac = self.cac_loss(torch.softmax(out_a.float(), 1), torch.softmax(out_b.float(), 1))
-        terms = {"csc": w_csc * csc, "cac": w_cac * cac, "csc_unweighted": csc.detach(),
-                 "cac_unweighted": cac.detach(), "w_csc": torch.tensor(w_csc), "w_cac": torch.tensor(w_cac),
-                 "w_st": torch.tensor(w_st)}
-        if self.teacher is not None:
-            st_a, share_a = self.st_loss(out_a, torch.softmax(full_resolution(taught.output_a).float(), 1))
-            st_b, share_b = self.st_loss(out_b, torch.softmax(full_resolution(taught.output_b).float(), 1))
-            terms.update({"st": w_st * (st_a + st_b), "st_unweighted": (st_a + st_b).detach(),
-                          "st_confident": (share_a + share_b) / 2})
-        return terms
+        return self.unlabelled_terms(student, taught)
 
 
 class nnUNetTrainerCMCPublicForm(nnUNetTrainerCMC):

@@ -34,6 +34,15 @@ NNUNET_KEYS = ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train
                "epoch_start_timestamps", "epoch_end_timestamps")
 
 
+def log_epoch_value(logger, key: str, value: float, epoch: int) -> None:
+    """Log ``value`` under ``key`` for ``epoch`` in nnU-Net's ``MetaLogger``, also a key nnU-Net's logger does not know
+    (registered on first use; NaN-padded for the epochs before, e.g. after a resume or a term that starts late)."""
+    history = logger.local_logger.my_fantastic_logging.setdefault(key, [])
+    while len(history) < epoch:
+        history.append(float("nan"))
+    logger.log(key, value, epoch)
+
+
 def plot_loss_terms(logging: Dict[str, List], filename: str) -> None:
     """Plot all ``train_<term>`` series (one line each) into ``filename`` (written atomically)."""
     series = {k[len("train_"):]: v for k, v in logging.items()

@@ -44,8 +44,8 @@ from nnunet_unpaired.modules.modality_norm import PartnerNormParameters
 from nnunet_unpaired.pairing import label_differences, plans_differences, read_pairing, require_env
 from nnunet_unpaired.splits import check_fold_possible
 from nnunet_unpaired.training.budget import BudgetMixin
-from nnunet_unpaired.training.progress import (copy_training_log, partner_logging, partner_validation_values,
-                                               plot_loss_terms, write_partner_progress)
+from nnunet_unpaired.training.progress import (copy_training_log, log_epoch_value, partner_logging,
+                                               partner_validation_values, plot_loss_terms, write_partner_progress)
 
 CHECKPOINT_KEY = "nnunet_unpaired"
 
@@ -270,10 +270,7 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
 
     def _log_epoch_value(self, key: str, value: float) -> None:
         """Log a value nnU-Net's logger does not know yet (registered on first use, NaN-padded after a resume)."""
-        history = self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
-        while len(history) < self.current_epoch:
-            history.append(float("nan"))
-        self.logger.log(key, value, self.current_epoch)
+        log_epoch_value(self.logger, key, value, self.current_epoch)
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
