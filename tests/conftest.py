@@ -84,7 +84,7 @@ def _start_pair_planning(config) -> None:
 
 
 @pytest.fixture(scope="session")
-def planned_pair(tmp_path_factory, worker_id):
+def planned_pair(tmp_path_factory, pytestconfig):
     """One phantom pair planned with plan-pair (2d and 3d_fullres, tiny network) for the whole session.
 
     Returns ``(root, env)``; ``env`` holds the nnU-Net folder variables, the trainer registration and a tiny budget.
@@ -101,7 +101,7 @@ def planned_pair(tmp_path_factory, worker_id):
     from pairs import SESSION_PAIR, make_planned_pair, nnunet_env
 
     root = tmp_path_factory.mktemp("planned_pair")
-    if worker_id == "master":  # no xdist: plan here
+    if not hasattr(pytestconfig, "workerinput"):  # not an xdist worker: plan here
         return root, make_planned_pair(root, **SESSION_PAIR)
     shared = _shared_pair_folder(tmp_path_factory)
     shared.mkdir(exist_ok=True)

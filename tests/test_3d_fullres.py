@@ -117,13 +117,14 @@ def test_trains_saves_loads_strictly_and_predicts_at_3d_fullres(pair_runs, monke
         _check_model_folder(folder, FOLD, Path(env["nnUNet_raw"]) / names[which])
 
 
-def _multichannel_copy(env, root: Path, channels: int = 3) -> str:
-    """Dataset M for MAML without planning (nnU-Net's planner and preprocessor spawn worker processes, each importing
-    torch): the pair's preprocessed CT cases with their one channel repeated ``channels`` times, CT's plans for them,
-    and raw test images whose channels are links to CT's test image."""
+def _multichannel_copy(env, root: Path, channels: int = 3, dataset_id: int = MAML_ID, dataset_name: str = MAML_NAME
+                       ) -> str:
+    """A multi-channel dataset without planning (nnU-Net's planner and preprocessor spawn worker processes, each
+    importing torch): the pair's preprocessed CT cases with their one channel repeated ``channels`` times, CT's plans
+    for them, and raw test images whose channels are links to CT's test image."""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2, comp_blosc2_params
 
-    name = f"Dataset{MAML_ID}_{MAML_NAME}"
+    name = f"Dataset{dataset_id:03d}_{dataset_name}"
     source = Path(env["nnUNet_preprocessed"]) / NAMES[0]
     plans = load_json(str(source / "nnUNetPlans.json"))
     config = plans["configurations"][CONFIG]
@@ -159,19 +160,39 @@ def _multichannel_copy(env, root: Path, channels: int = 3) -> str:
     return name
 
 
-def test_maml_at_3d_fullres_on_a_multichannel_copy(planned_pair, tmp_path_factory, monkeypatch):
-    _, pair_env = planned_pair
-    root = tmp_path_factory.mktemp("maml_3d")
+def _own_folders(pair_env, root: Path, monkeypatch) -> None:
+    """The trainer registration of the pair's environment, then this test's own nnU-Net folders and the budget."""
+    set_env(pair_env, monkeypatch)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir()
-    dataset = _multichannel_copy(pair_env, root)
-    set_env(pair_env, monkeypatch)  # the trainer registration, then this test's own folders and budget
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir(exist_ok=True)
         monkeypatch.setenv(name, str(root / name))
     for key, value in BUDGET.items():
         monkeypatch.setenv(key, value)
+
+
+def test_maml_at_3d_fullres_on_a_multichannel_copy(planned_pair, tmp_path_factory, monkeypatch):
+    _, pair_env = planned_pair
+    root = tmp_path_factory.mktemp("maml_3d")
+    _own_folders(pair_env, root, monkeypatch)
+    dataset = _multichannel_copy(pair_env, root)
     monkeypatch.setenv("nnUNet_unpaired_maml_modality_dropout", "1")  # subsets of the 3 channels in training
     trainer = _train("nnUNetTrainerMAML", root / "nnUNet_preprocessed", dataset, "all")
     assert trainer.maml_network().num_modalities == 3
     _check_model_folder(root / "nnUNet_results" / dataset / f"nnUNetTrainerMAML__nnUNetPlans__{CONFIG}", "all",
                         root / "nnUNet_raw" / dataset)
+
+
+def test_cmc_paired_at_3d_fullres_on_a_two_channel_copy(planned_pair, tmp_path_factory, monkeypatch):
+    """CMC's paired mode on a two-channel copy of the CT dataset (every case labelled: the unlabelled terms then use
+    the labelled cases without their labels, from the first step with ``cmc_start`` 0)."""
+    _, pair_env = planned_pair
+    root = tmp_path_factory.mktemp("cmc_paired_3d")
+    _own_folders(pair_env, root, monkeypatch)
+    monkeypatch.setenv("nnUNet_unpaired_cmc_start", "0")
+    dataset = _multichannel_copy(pair_env, root, channels=2, dataset_id=994, dataset_name="PhantomCT2ch")
+    trainer = _train("nnUNetTrainerCMCPaired", root / "nnUNet_preprocessed", dataset, "all")
+    logged = trainer.logger.local_logger.my_fantastic_logging
+    assert all(v > 0 for v in logged["train_csc"] + logged["train_cac"]), "the unlabelled terms did not run"
+    _check_model_folder(root / "nnUNet_results" / dataset / f"nnUNetTrainerCMCPaired__nnUNetPlans__{CONFIG}", "all",
+                        root / "nnUNet_raw" / dataset)
+

@@ -24,7 +24,7 @@ from nnunet_unpaired.training.cmc_paired import PAIRED_SETTINGS, nnUNetTrainerCM
 from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY
 
 from maml_helpers import shrink_plans
-from pairs import nnunet_env, run, set_env
+from pairs import nnunet_env, run_many, set_env
 
 UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 IMPORTS = ["conv_op", "norm_op", "dropout_op", "nonlin"]
@@ -199,11 +199,11 @@ def paired_semi(tmp_path_factory):
     env = nnunet_env(root)
     write_multichannel_phantom(env["nnUNet_raw"], SOURCE_ID, "PairedPhantom", num_cases=5, shape=SHAPE,
                                num_channels=2, num_test_cases=1, layout="modalities")
-    run(["nnunet_unpaired", "make-semisupervised", "-d", str(SOURCE_ID), "--percent", "40", "--to-ids",
-         str(SEMI_ID)], env)
     # nnUNet_n_proc_DA=0 breaks the planner (torch.set_num_threads(0)), so planning runs with 1
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(SEMI_ID), "-c", "2d", "-np", "1", "-npfp", "1"],
-        dict(env, nnUNet_n_proc_DA="1"))
+    run_many([["nnunet_unpaired", "make-semisupervised", "-d", str(SOURCE_ID), "--percent", "40", "--to-ids",
+               str(SEMI_ID)],
+              ["nnUNetv2_plan_and_preprocess", "-d", str(SEMI_ID), "-c", "2d", "-np", "1", "-npfp", "1"]],
+             dict(env, nnUNet_n_proc_DA="1"))
     shrink_plans(Path(env["nnUNet_preprocessed"]) / SEMI_NAME / "nnUNetPlans.json", "2d", features=(8, 16, 32),
                  batch_size=2)
     return root, env
@@ -285,7 +285,11 @@ def test_stock_train_and_predict(paired_semi, tmp_path):
     root, env = paired_semi
     env = dict(env, nnUNet_unpaired_cmc_start="0", nnUNet_unpaired_cmc_st_threshold="0", OMP_NUM_THREADS="1",
                nnUNet_unpaired_skip_final_validation="1")
-    run(["nnUNetv2_train", str(SEMI_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"], env, timeout=900)
+    images = root / "nnUNet_raw" / SEMI_NAME / "imagesTs"
+    out = tmp_path / "pred"
+    run_many([["nnUNetv2_train", str(SEMI_ID), "2d", "all", "-tr", TRAINER, "-device", "cpu"],
+              ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(SEMI_ID), "-c", "2d", "-f", "all",
+               "-tr", TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"]], env)
     folder = Path(env["nnUNet_results"]) / SEMI_NAME / f"{TRAINER}__nnUNetPlans__2d"
     checkpoint = torch.load(folder / "fold_all" / "checkpoint_final.pth", weights_only=False)
     logging = checkpoint["logging"]
@@ -305,10 +309,6 @@ def test_stock_train_and_predict(paired_semi, tmp_path):
     deployed = nnUNetTrainerCMCPaired.build_network_architecture(plans, plans.get_configuration("2d"), 2, 4, False)
     deployed.load_state_dict(weights, strict=True)
 
-    images = root / "nnUNet_raw" / SEMI_NAME / "imagesTs"
-    out = tmp_path / "pred"
-    run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(SEMI_ID), "-c", "2d", "-f", "all", "-tr",
-         TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"], env)
     for image in sorted(images.glob("*_0000.nii.gz")):
         src, pred = sitk.ReadImage(str(image)), sitk.ReadImage(str(out / image.name.replace("_0000", "")))
         assert pred.GetSize() == src.GetSize() and pred.GetSpacing() == src.GetSpacing()

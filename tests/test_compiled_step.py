@@ -29,6 +29,7 @@ from torch._dynamo.eval_frame import OptimizedModule
 from nnunet_unpaired.modules.local_alignment import DecoderFeatureTap
 from nnunet_unpaired.modules.maml_network import build_maml_network
 from nnunet_unpaired.training.cmc import nnUNetTrainerCMC
+from nnunet_unpaired.training.cmc_paired import nnUNetTrainerCMCPaired
 from nnunet_unpaired.training.eam import nnUNetTrainerEAM
 from nnunet_unpaired.training.glua import nnUNetTrainerGLUALocalOnly
 from nnunet_unpaired.training.maml import nnUNetTrainerMAML
@@ -278,3 +279,53 @@ def test_maml_draws_channel_subsets_outside_the_compiled_graph(nnunet_dirs, monk
     manager = PlansManager(checkpoint["init_args"]["plans"])
     deployed = nnUNetTrainerMAML.build_network_architecture(manager, manager.get_configuration("2d"), 3, 3, False)
     deployed.load_state_dict(checkpoint["network_weights"], strict=True)
+
+
+def test_cmc_paired_runs_labelled_and_unlabelled_batches_through_one_compiled_graph(nnunet_dirs, monkeypatch,
+                                                                                    compiling):
+    """The paired trainer's labelled and unlabelled two-channel batches (and the deployed forward) go through the
+    compiled network; the mean teacher (eager, outside nnU-Net's network) follows; the export loads strictly."""
+    monkeypatch.setenv("nnUNet_compile", "true")
+    monkeypatch.setenv("nnUNet_unpaired_cmc_start", "0")  # every unlabelled term from the first step
+    plans = tiny_plans(2, extra={"continue_training": False})
+    dataset_json = {"channel_names": {"0": "CT", "1": "MR"}, "labels": {"background": 0, "a": 1, "b": 2},
+                    "numTraining": 1, "file_ending": ".nii.gz"}
+    folder = nnunet_dirs["nnUNet_preprocessed"] / plans["dataset_name"] / "nnUNetPlans_2d"
+    folder.mkdir(parents=True)
+    (folder / "case.b2nd").write_bytes(b"")  # lets nnU-Net's initialize() infer the dataset class; never read
+    trainer = nnUNetTrainerCMCPaired(plans, "2d", FOLD, dataset_json, torch.device("cpu"))
+    trainer.initialize()
+    assert isinstance(trainer.network, OptimizedModule)
+    network = trainer.cmc_network()
+    generator = torch.Generator().manual_seed(0)
+
+    def batch():
+        data = torch.randn(2, 2, 32, 32, generator=generator)
+        return {"data": data, "target": [torch.randint(0, 3, (2, 1, s, s), generator=generator).float()
+                                         for s in (32, 16)]}
+
+    trainer.dataloader_unlabelled = iter(lambda: {"data": torch.randn(2, 2, 32, 32, generator=generator)}, None)
+    calls = []
+    hook = trainer.network.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    weights_before, teacher_before = _copy(network), _copy(trainer.teacher)
+    try:
+        trainer.train_step(batch())
+        first = compiling.graphs(network)
+        assert first >= 1, "the training step did not run through the compiled network"
+        results = [trainer.train_step(batch()) for _ in range(2)]
+    finally:
+        hook.remove()
+    assert len(calls) == 3 * 2, "labelled and unlabelled batch: two compiled forwards per step"
+    assert compiling.graphs(network) == first, "the unlabelled batch or a new batch recompiled the network"
+    for result in results:
+        assert {"seg_A", "seg_B", "csc", "cac", "st"} <= set(result)
+        assert all(torch.isfinite(torch.as_tensor(v)).all() for v in result.values()), result
+    assert _changed(weights_before, network) and _changed(teacher_before, trainer.teacher)
+    os.makedirs(trainer.output_folder, exist_ok=True)
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
+    checkpoint = torch.load(os.path.join(trainer.output_folder, "checkpoint_final.pth"), weights_only=False)
+    assert not any("_orig_mod." in k for k in checkpoint["network_weights"])
+    manager = PlansManager(checkpoint["init_args"]["plans"])
+    deployed = nnUNetTrainerCMCPaired.build_network_architecture(manager, manager.get_configuration("2d"), 2, 3, False)
+    deployed.load_state_dict(checkpoint["network_weights"], strict=True)
+
