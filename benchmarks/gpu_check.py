@@ -13,7 +13,9 @@ What it does, in its own folders under ``--output`` (the raw datasets are linked
    configurations asked for, without shrinking anything (nnU-Net's planned network, patch and batch size);
    for MAML, which needs ONE paired multi-channel dataset, a dataset M whose channels are links to A's image
    (``--maml-channels`` of them, so MAML's modality dropout draws channel subsets) is planned with
-   ``nnUNetv2_plan_and_preprocess``; vanilla is trained on M as well, as MAML's reference;
+   ``nnUNetv2_plan_and_preprocess``; vanilla is trained on M as well, as MAML's reference; likewise a two-channel
+   dataset P (channels: links to A's image, so co-registered) for CMC's paired mode and its vanilla reference (P is A
+   itself when A has two channels, M when ``--maml-channels`` is 2);
 2. writes a split with one validation case per dataset (fold 0), so nnU-Net's final validation stays short;
 3. trains each trainer with the stock ``nnUNetv2_train`` for 2 epochs of ``--iters`` iterations: the first epoch is
    the warm-up (compilation), the seconds per iteration are the median over the second epoch. The training
@@ -88,9 +90,13 @@ RUNS = (
     Run("vanilla-multichannel", "nnUNetTrainerVanilla", "M"),
     Run("vanilla-dropout", "nnUNetTrainerChannelDropout", "M"),
     Run("maml", "nnUNetTrainerMAML", "M"),
+    Run("vanilla-paired", "nnUNetTrainerVanilla", "P"),
+    Run("cmc-paired", "nnUNetTrainerCMCPaired", "P"),
 )
 #: the reference runs of the ratios: vanilla per dataset, joint for the pair
-VANILLA = {"A": "vanilla", "M": "vanilla-multichannel"}
+VANILLA = {"A": "vanilla", "M": "vanilla-multichannel", "P": "vanilla-paired"}
+#: the one-dataset groups: MAML's multi-channel dataset M, CMC's paired mode's two-channel dataset P
+SINGLE = ("M", "P")
 JOINT = "joint"
 
 
@@ -416,14 +422,18 @@ def main(argv=None) -> int:
     sources = [find_dataset(args.raw, token) for token in args.pair]
     names = {"A": link_dataset(sources[0], raw), "B": link_dataset(sources[1], raw)}
     runs = [r for r in RUNS if r.label in args.trainers]
-    if any(r.dataset == "M" for r in runs):
-        channels = json.loads((sources[0] / "dataset.json").read_text())["channel_names"]
-        if len(channels) >= 2:
-            names["M"] = names["A"]
+    channels_a = len(json.loads((sources[0] / "dataset.json").read_text())["channel_names"])
+    for key, wanted in (("M", args.maml_channels), ("P", 2)):
+        if not any(r.dataset == key for r in runs):
+            continue
+        if (key == "M" and channels_a >= 2) or (key == "P" and channels_a == 2):
+            names[key] = names["A"]
+        elif key == "P" and names.get("M") and args.maml_channels == 2:
+            names[key] = names["M"]
         else:
             taken = {int(n[7:10]) for n in names.values()}
-            names["M"] = make_multichannel(sources[0], raw, next(i for i in range(999, 0, -1) if i not in taken),
-                                           args.maml_channels)
+            names[key] = make_multichannel(sources[0], raw, next(i for i in range(999, 0, -1) if i not in taken),
+                                           wanted)
     device = torch.cuda.get_device_name(0) if DEVICE == "cuda" else DEVICE
     print(f"gpu_check on {device}: {names}, configurations {args.configurations}, {len(runs)} runs, "
           f"{EPOCHS} x {args.iters} iterations each; output {out}", flush=True)
@@ -441,13 +451,20 @@ def main(argv=None) -> int:
             raise SystemExit(f"gpu_check: plan-pair failed: {failure}")
         planned["pair"] = True
         write_json(marker, planned)
-    if "M" in names and names["M"] not in (names["A"], names["B"]) and "M" not in planned:
-        failure = run_logged([tool("nnUNetv2_plan_and_preprocess"), "-d", names["M"][7:10], "-c", *configs,
+    for key in SINGLE:
+        if key not in names or names[key] in (names["A"], names["B"]) or planned.get(key) == names[key]:
+            continue
+        if key == "P" and names[key] == names.get("M"):
+            planned[key] = names[key]  # planned as M
+            continue
+        failure = run_logged([tool("nnUNetv2_plan_and_preprocess"), "-d", names[key][7:10], "-c", *configs,
                               "-np", *[str(args.num_processes)] * len(configs), "-npfp", str(args.num_processes)],
-                             env, out / "logs" / "plan_multichannel.log", args.timeout)
+                             env, out / "logs" / f"plan_{'multichannel' if key == 'M' else 'paired'}.log",
+                             args.timeout)
         if failure:
-            raise SystemExit(f"gpu_check: planning the multi-channel dataset failed: {failure}")
-        planned["M"] = True
+            raise SystemExit(f"gpu_check: planning the {'multi-channel' if key == 'M' else 'two-channel'} dataset "
+                             f"failed: {failure}")
+        planned[key] = names[key]
         write_json(marker, planned)
     for key, name in names.items():
         write_one_case_split(nnunet["nnUNet_preprocessed"], name)
@@ -495,7 +512,7 @@ def check_run(run: Run, configuration: str, names: Mapping[str, str], plans: Map
     print(f"[train] {configuration} {run.label} ({run.trainer} on {dataset})", flush=True)
     results = Path(env["nnUNet_results"])
     folder_name = f"{run.trainer}__{PLANS}__{configuration}"
-    datasets = [dataset] if run.dataset == "M" else [names["A"], names["B"]]
+    datasets = [dataset] if run.dataset in SINGLE else [names["A"], names["B"]]
     for name in datasets:
         shutil.rmtree(results / name / folder_name / f"fold_{FOLD}", ignore_errors=True)
     timing = out / "runs" / configuration / f"{run.label}.timing.json"

@@ -2,7 +2,7 @@
 
 The session's planned phantom pair (``planned_pair``: plan-pair with 2d AND 3d_fullres, 16 features, patches of
 8 x 32 x 32) serves the two-dataset trainers; MAML gets a 3-channel copy of its CT dataset (each channel the CT
-image; MAML's modality dropout then fuses channel subsets). Each trainer runs
+image; MAML's modality dropout then fuses channel subsets), CMC's paired mode a 2-channel copy. Each trainer runs
 nnU-Net's own ``run_training`` for 1 epoch of 2 iterations and 1 validation iteration (no augmentation workers, no
 mirroring; nnU-Net's final validation, which ``nnUNetv2_train`` adds afterwards, is left out), then every model
 folder it wrote (A's, and B's export) is checked the way ``nnUNetv2_predict`` uses it: the checkpoint's weights load

@@ -57,6 +57,7 @@ def test_every_run_has_a_reference_and_glua_comes_after_its_stage_one(gpu_check)
         assert trainers.index(needed) < trainers.index(trainer)
     assert {r.trainer for r in gpu_check.RUNS if r.dataset == "M"} == {"nnUNetTrainerVanilla", "nnUNetTrainerMAML",
                                                                         "nnUNetTrainerChannelDropout"}
+    assert {r.trainer for r in gpu_check.RUNS if r.dataset == "P"} == {"nnUNetTrainerVanilla", "nnUNetTrainerCMCPaired"}
 
 
 def test_summarize_timing_measures_the_epochs_after_the_warm_up(gpu_check):
