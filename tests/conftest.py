@@ -159,12 +159,37 @@ def pytest_collection_modifyitems(config, items):
         _start_pair_planning(config)
 
 
+#: with TEST_RECORD_DURATIONS=1: file -> [worker, first report time, last report time] (the terminal summary's timeline)
+_timeline: dict[str, list] = {}
+
+
 def pytest_runtest_logreport(report):
     """With TEST_RECORD_DURATIONS=1: add up each file's setup, call and teardown time (under xdist the controller
-    receives every worker's reports)."""
+    receives every worker's reports), and when each file started and ended on which worker."""
     if os.environ.get("TEST_RECORD_DURATIONS") == "1":
+        import time
+
         name = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
         _recorded[name] = _recorded.get(name, 0.0) + float(report.duration)
+        node = getattr(report, "node", None)
+        worker = node.gateway.id if node is not None else "main"
+        now = time.time()
+        entry = _timeline.setdefault(name, [worker, now - float(report.duration), now])
+        entry[2] = now
+
+
+def pytest_terminal_summary(terminalreporter):
+    """With TEST_RECORD_DURATIONS=1: each worker's files in the order they ran, with start (s after the first) and
+    wall seconds, so idle workers and late long files show."""
+    if not _timeline:
+        return
+    origin = min(start for _, start, _ in _timeline.values())
+    terminalreporter.section("file timeline (TEST_RECORD_DURATIONS=1)")
+    for worker in sorted({w for w, _, _ in _timeline.values()}):
+        rows = sorted((start, end, name) for name, (w, start, end) in _timeline.items() if w == worker)
+        terminalreporter.write_line(f"{worker}: " + ", ".join(
+            f"{name} @{start - origin:.0f}+{end - start:.0f}" for start, end, name in rows if end - start >= 5))
+        terminalreporter.write_line(f"{worker}: last file ended at {max(e for _, e, _ in rows) - origin:.0f} s")
 
 
 def pytest_sessionfinish(session, exitstatus):
