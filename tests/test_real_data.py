@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import REPO
-from pairs import nnunet_env, run
+from pairs import nnunet_env, run_many
 
 from nnunet_unpaired.benchmark.config import PRESETS
 
@@ -56,8 +56,15 @@ def real_subset(tmp_path_factory):
 def test_real_pair_plans_at_the_cpu_preset_spacing_trains_and_predicts_an_mr_case(real_subset):
     root, env = real_subset
     spacing = PRESETS["cpu-real"].in_plane_spacing
-    run(["nnunet_unpaired", "plan-pair", "-d", "951", "952", "-c", "2d", "--in-plane-spacing", str(spacing),
-         "--max-features", "8", "--batch-size", "2", "-np", "1", "--no-verify"], env)
+    images = root / "nnUNet_raw" / MR / "imagesTs"
+    out = root / "predicted_mr"
+    # the three commands in one interpreter (pairs.run_many: each as the shell runs it, one torch start-up)
+    run_many([["nnunet_unpaired", "plan-pair", "-d", "951", "952", "-c", "2d", "--in-plane-spacing", str(spacing),
+               "--max-features", "8", "--batch-size", "2", "-np", "1", "--no-verify"],
+              ["nnUNetv2_train", "951", "2d", "all", "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu"],
+              ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", "952", "-c", "2d", "-f", "all",
+               "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu", "-npp", "0", "-nps", "0",
+               "--disable_progress_bar"]], env)
     pre = root / "nnUNet_preprocessed"
     plans_ct = json.loads((pre / CT / "nnUNetPlans.json").read_text())
     plans_mr = json.loads((pre / MR / "nnUNetPlans.json").read_text())
@@ -67,15 +74,9 @@ def test_real_pair_plans_at_the_cpu_preset_spacing_trains_and_predicts_an_mr_cas
     assert plans_ct["configurations"]["2d"]["normalization_schemes"] == ["CTNormalization"]
     assert plans_mr["configurations"]["2d"]["normalization_schemes"] == ["ZScoreNormalization"]
 
-    run(["nnUNetv2_train", "951", "2d", "all", "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu"], env)
     folder_mr = root / "nnUNet_results" / MR / "nnUNetTrainerUnpairedJoint__nnUNetPlans__2d" / "fold_all"
     assert (folder_mr / "checkpoint_final.pth").is_file()
 
-    images = root / "nnUNet_raw" / MR / "imagesTs"
-    out = root / "predicted_mr"
-    run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", "952", "-c", "2d", "-f", "all",
-         "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_progress_bar"],
-        env)
     (image_file,) = sorted(images.iterdir())
     predicted = out / image_file.name.replace("_0000.nii.gz", ".nii.gz")
     image, prediction = sitk.ReadImage(str(image_file)), sitk.ReadImage(str(predicted))
