@@ -148,11 +148,12 @@ def plan_pair(dataset_a: str, dataset_b: str, configurations: Sequence[str], pla
             log(f"[plan-pair] checking {name} with nnU-Net's dataset integrity check")
             verify_integrity(name, raw, num_processes)
 
-    for dataset_id, name in ((id_a, name_a), (id_b, name_b)):
+    def fingerprint(dataset_id: int, name: str) -> None:
         log(f"[plan-pair] fingerprint of {name}")
         extract_fingerprint_dataset(dataset_id, num_processes=num_processes, clean=True, verbose=False,
                                     show_progress_bar=False)
 
+    fingerprint(id_a, name_a)  # B's after A's plan: a configuration A's plan lacks is refused before that work
     target_spacing = None if in_plane_spacing is None else coarser_in_plane(id_a, planner, in_plane_spacing)
     log(f"[plan-pair] planning {name_a} ({planner}, plans '{plans_name}'"
         + (f", target spacing {target_spacing} mm (in-plane raised to {in_plane_spacing})" if target_spacing else "")
@@ -168,6 +169,7 @@ def plan_pair(dataset_a: str, dataset_b: str, configurations: Sequence[str], pla
                         f"Choose from those with -c.")
     shrink_plans(plans_a, configurations, max_features, batch_size)
 
+    fingerprint(id_b, name_b)
     planner_b = ExperimentPlanner(id_b)  # reads B's fingerprint; copies B's raw splits_final.json if there is one
     schemes, use_mask = planner_b.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
     fingerprint_b = _load_json(os.path.join(pre, name_b, "dataset_fingerprint.json"))
