@@ -161,7 +161,16 @@ class SemiSupervisedCMCMixin:
     """What both CMC trainers (:class:`nnUNetTrainerCMC`, unpaired; ``nnUNetTrainerCMCPaired``, one two-channel
     dataset) share: the settings, the schedules of the unlabelled terms, and the labelled / unlabelled split of the
     training cases with their data loaders. Put before the nnU-Net trainer in the bases; call :meth:`setup_cmc` in
-    ``__init__``."""
+    ``__init__``. The class attributes are the defaults of the settings both share (module docstring's table); each
+    trainer sets the forms of CSC and CAC (and the unpaired one ``self_fusion_prob``)."""
+
+    csc_weight: float = 2.0
+    cac_weight: float = 2.0
+    unlabelled_start: float = 0.7
+    st_weight: float = 1.0
+    st_threshold: float = 0.9
+    ema_decay: float = 0.99
+    csc_temperature: float = 0.5
 
     def setup_cmc(self, names: Iterable[str] = tuple(SETTINGS)) -> Dict[str, object]:
         """Resolves the settings ``names`` (see :func:`resolve_settings`) onto the trainer and into its plans under
@@ -275,13 +284,6 @@ class SemiSupervisedCMCMixin:
 class nnUNetTrainerCMC(SemiSupervisedCMCMixin, nnUNetTrainerUnpairedJoint):
     """Cross-modality collaboration (Zhou et al., MICCAI 2024) for nnU-Net; see the module docstring."""
 
-    csc_weight: float = 2.0
-    cac_weight: float = 2.0
-    unlabelled_start: float = 0.7
-    st_weight: float = 1.0
-    st_threshold: float = 0.9
-    ema_decay: float = 0.99
-    csc_temperature: float = 0.5
     csc_descriptor: str = "gram"
     cac_mode: str = "pooled"
     self_fusion_prob: float = 0.5

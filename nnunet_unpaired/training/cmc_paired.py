@@ -44,7 +44,6 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -58,8 +57,9 @@ from nnunet_unpaired.modules.mean_teacher import EMATeacher, perturb_intensities
 from nnunet_unpaired.splits import check_fold_possible
 from nnunet_unpaired.training.budget import BudgetMixin
 from nnunet_unpaired.training.cmc import SETTINGS, TEACHER, SemiSupervisedCMCMixin, finish_loader
-from nnunet_unpaired.training.progress import log_epoch_value, plot_loss_terms
-from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY, atomic_torch_save
+from nnunet_unpaired.training.progress import log_train_terms, plot_loss_terms
+from nnunet_unpaired.training.unpaired_joint import (CHECKPOINT_KEY, atomic_torch_save, backward_and_step,
+                                                     batch_to_device)
 
 _CUDA = torch.device("cuda")  # nnU-Net's default device, as in nnUNetTrainer.__init__
 #: the CMC settings of the paired mode: all but self_fusion_prob (no single-input path: both channels are always there)
@@ -83,15 +83,10 @@ def require_two_channels(plans: dict, dataset_json: dict) -> None:
 
 
 class nnUNetTrainerCMCPaired(SemiSupervisedCMCMixin, BudgetMixin, nnUNetTrainer):
-    """CMC on one two-channel dataset (both modalities of each case, co-registered); see the module docstring."""
+    """CMC on one two-channel dataset (both modalities of each case, co-registered); see the module docstring. The
+    shared settings' defaults are :class:`~nnunet_unpaired.training.cmc.SemiSupervisedCMCMixin`'s; only the loss forms
+    differ: the voxel-wise ones."""
 
-    csc_weight: float = 2.0
-    cac_weight: float = 2.0
-    unlabelled_start: float = 0.7
-    st_weight: float = 1.0
-    st_threshold: float = 0.9
-    ema_decay: float = 0.99
-    csc_temperature: float = 0.5
     csc_descriptor: str = "spatial"
     cac_mode: str = "voxel"
 
@@ -159,26 +154,14 @@ class nnUNetTrainerCMCPaired(SemiSupervisedCMCMixin, BudgetMixin, nnUNetTrainer)
 
     # ------------------------------------------------------------------------------------------------ losses
     def train_step(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = ([t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list)
-                  else target.to(self.device, non_blocking=True))
+        data, target = batch_to_device(batch, self.device)
         unlabelled = None
         if any(w > 0 for w in self.consistency_weights(self.current_epoch)):
             unlabelled = next(self.dataloader_unlabelled)["data"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             terms = self.compute_losses(data, target, unlabelled)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(terms["loss"]).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        backward_and_step(terms["loss"], self.optimizer, self.grad_scaler)
         if self.teacher is not None:
             self.teacher.update([self.cmc_network()])
         return {k: v.detach().cpu().numpy() for k, v in terms.items()}
@@ -207,12 +190,7 @@ class nnUNetTrainerCMCPaired(SemiSupervisedCMCMixin, BudgetMixin, nnUNetTrainer)
     # ------------------------------------------------------------------------------------------------ logging
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        terms = [k for k in train_outputs[0] if k != "loss"]
-        for key in terms:
-            log_epoch_value(self.logger, f"train_{key}", float(np.mean([o[key] for o in train_outputs])),
-                            self.current_epoch)
-        self.print_to_log_file("train terms: " + ", ".join(
-            f"{k} {self.logger.get_value(f'train_{k}', step=-1):.4f}" for k in terms))
+        log_train_terms(self, train_outputs)
 
     def on_epoch_end(self):
         super().on_epoch_end()

@@ -43,6 +43,17 @@ def log_epoch_value(logger, key: str, value: float, epoch: int) -> None:
     logger.log(key, value, epoch)
 
 
+def log_train_terms(trainer, train_outputs: List[dict]) -> None:
+    """Log the epoch mean of every training term but ``loss`` (nnU-Net's own) as ``train_<term>`` and print them in
+    one line of the training log (``on_train_epoch_end`` of the multi-term trainers)."""
+    terms = [k for k in train_outputs[0] if k != "loss"]
+    for key in terms:
+        log_epoch_value(trainer.logger, f"train_{key}", float(np.mean([o[key] for o in train_outputs])),
+                        trainer.current_epoch)
+    trainer.print_to_log_file("train terms: " + ", ".join(
+        f"{k} {trainer.logger.get_value(f'train_{k}', step=-1):.4f}" for k in terms))
+
+
 def plot_loss_terms(logging: Dict[str, List], filename: str) -> None:
     """Plot all ``train_<term>`` series (one line each) into ``filename`` (written atomically)."""
     series = {k[len("train_"):]: v for k, v in logging.items()

@@ -28,7 +28,6 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 from torch import autocast, nn
 
@@ -44,8 +43,9 @@ from nnunet_unpaired.modules.modality_norm import PartnerNormParameters
 from nnunet_unpaired.pairing import label_differences, plans_differences, read_pairing, require_env
 from nnunet_unpaired.splits import check_fold_possible
 from nnunet_unpaired.training.budget import BudgetMixin
-from nnunet_unpaired.training.progress import (copy_training_log, log_epoch_value, partner_logging,
-                                               partner_validation_values, plot_loss_terms, write_partner_progress)
+from nnunet_unpaired.training.progress import (copy_training_log, log_epoch_value, log_train_terms,
+                                               partner_logging, partner_validation_values, plot_loss_terms,
+                                               write_partner_progress)
 
 CHECKPOINT_KEY = "nnunet_unpaired"
 
@@ -61,7 +61,8 @@ def atomic_torch_save(obj, filename: str) -> None:
     os.replace(tmp, filename)
 
 
-def _to_device(batch: dict, device: torch.device):
+def batch_to_device(batch: dict, device: torch.device):
+    """A loader batch's ``data`` and ``target`` (a tensor, or a list of deep-supervision tensors) on ``device``."""
     data = batch["data"].to(device, non_blocking=True)
     target = batch["target"]
     if isinstance(target, list):
@@ -69,6 +70,22 @@ def _to_device(batch: dict, device: torch.device):
     else:
         target = target.to(device, non_blocking=True)
     return data, target
+
+
+def backward_and_step(loss: torch.Tensor, optimizer, grad_scaler) -> None:
+    """nnU-Net's update (``nnUNetTrainer.train_step``): backward (through the GradScaler under AMP), gradients of every
+    optimized parameter clipped to norm 12, optimizer step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if grad_scaler is not None:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 12)
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 12)
+        optimizer.step()
 
 
 class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
@@ -250,22 +267,12 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
         return terms
 
     def train_step(self, batch: dict) -> dict:
-        data_a, target_a = _to_device(batch, self.device)
-        data_b, target_b = _to_device(next(self.dataloader_train_partner), self.device)
+        data_a, target_a = batch_to_device(batch, self.device)
+        data_b, target_b = batch_to_device(next(self.dataloader_train_partner), self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             terms = self.compute_losses(data_a, target_a, data_b, target_b)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(terms["loss"]).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(params, 12)
-            self.optimizer.step()
+        backward_and_step(terms["loss"], self.optimizer, self.grad_scaler)
         return {k: v.detach().cpu().numpy() for k, v in terms.items()}
 
     def _log_epoch_value(self, key: str, value: float) -> None:
@@ -274,11 +281,7 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        terms = [k for k in train_outputs[0] if k != "loss"]
-        for key in terms:
-            self._log_epoch_value(f"train_{key}", float(np.mean([o[key] for o in train_outputs])))
-        self.print_to_log_file("train terms: " + ", ".join(
-            f"{k} {self.logger.get_value(f'train_{k}', step=-1):.4f}" for k in terms))
+        log_train_terms(self, train_outputs)
 
     def on_epoch_end(self):
         logging = self.logger.local_logger.my_fantastic_logging
