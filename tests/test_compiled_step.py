@@ -234,19 +234,33 @@ def test_maml_subset_as_weights_equals_fusing_the_subset():
         torch.testing.assert_close(a, b)
 
 
+def _tiny_trainer(cls, nnunet_dirs, channel_names: dict):
+    """A trainer of ``cls`` on tiny 2d plans (3 labels) without a dataset, initialized with the network compiled
+    (``nnUNet_compile`` must be true); its steps are fed synthetic batches (:func:`_synthetic_batch`)."""
+    plans = tiny_plans(2, extra={"continue_training": False})
+    dataset_json = {"channel_names": channel_names, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 1,
+                    "file_ending": ".nii.gz"}
+    folder = nnunet_dirs["nnUNet_preprocessed"] / plans["dataset_name"] / "nnUNetPlans_2d"
+    folder.mkdir(parents=True)
+    (folder / "case.b2nd").write_bytes(b"")  # lets nnU-Net's initialize() infer the dataset class; never read
+    trainer = cls(plans, "2d", FOLD, dataset_json, torch.device("cpu"))
+    trainer.initialize()
+    assert isinstance(trainer.network, OptimizedModule)
+    return trainer
+
+
+def _synthetic_batch(generator: torch.Generator, channels: int) -> dict:
+    """A batch of 2 random 32 x 32 images with deep-supervision targets at 32 and 16 (labels 0-2)."""
+    data = torch.randn(2, channels, 32, 32, generator=generator)
+    return {"data": data, "target": [torch.randint(0, 3, (2, 1, s, s), generator=generator).float()
+                                     for s in (32, 16)]}
+
+
 def test_maml_draws_channel_subsets_outside_the_compiled_graph(nnunet_dirs, monkeypatch, compiling):
     """3 channels, modality dropout 1: every step fuses a different 2-channel subset, all in one compiled graph."""
     monkeypatch.setenv("nnUNet_compile", "true")
     monkeypatch.setenv("nnUNet_unpaired_maml_modality_dropout", "1")
-    plans = tiny_plans(2, extra={"continue_training": False})
-    dataset_json = {"channel_names": {"0": "T1", "1": "T2", "2": "FLAIR"}, "labels": {"background": 0, "a": 1,
-                    "b": 2}, "numTraining": 1, "file_ending": ".nii.gz"}
-    folder = nnunet_dirs["nnUNet_preprocessed"] / plans["dataset_name"] / "nnUNetPlans_2d"
-    folder.mkdir(parents=True)
-    (folder / "case.b2nd").write_bytes(b"")  # lets nnU-Net's initialize() infer the dataset class; never read
-    trainer = nnUNetTrainerMAML(plans, "2d", FOLD, dataset_json, torch.device("cpu"))
-    trainer.initialize()
-    assert isinstance(trainer.network, OptimizedModule)
+    trainer = _tiny_trainer(nnUNetTrainerMAML, nnunet_dirs, {"0": "T1", "1": "T2", "2": "FLAIR"})
     network = trainer.maml_network()
     drawn = []
     draw = network.draw_fusion_mask
@@ -255,9 +269,7 @@ def test_maml_draws_channel_subsets_outside_the_compiled_graph(nnunet_dirs, monk
     generator = torch.Generator().manual_seed(0)
 
     def batch():
-        data = torch.randn(2, 3, 32, 32, generator=generator)
-        return {"data": data, "target": [torch.randint(0, 3, (2, 1, s, s), generator=generator).float()
-                                         for s in (32, 16)]}
+        return _synthetic_batch(generator, 3)
 
     weights_before = _copy(network)
     trainer.train_step(batch())
@@ -287,22 +299,12 @@ def test_cmc_paired_runs_labelled_and_unlabelled_batches_through_one_compiled_gr
     compiled network; the mean teacher (eager, outside nnU-Net's network) follows; the export loads strictly."""
     monkeypatch.setenv("nnUNet_compile", "true")
     monkeypatch.setenv("nnUNet_unpaired_cmc_start", "0")  # every unlabelled term from the first step
-    plans = tiny_plans(2, extra={"continue_training": False})
-    dataset_json = {"channel_names": {"0": "CT", "1": "MR"}, "labels": {"background": 0, "a": 1, "b": 2},
-                    "numTraining": 1, "file_ending": ".nii.gz"}
-    folder = nnunet_dirs["nnUNet_preprocessed"] / plans["dataset_name"] / "nnUNetPlans_2d"
-    folder.mkdir(parents=True)
-    (folder / "case.b2nd").write_bytes(b"")  # lets nnU-Net's initialize() infer the dataset class; never read
-    trainer = nnUNetTrainerCMCPaired(plans, "2d", FOLD, dataset_json, torch.device("cpu"))
-    trainer.initialize()
-    assert isinstance(trainer.network, OptimizedModule)
+    trainer = _tiny_trainer(nnUNetTrainerCMCPaired, nnunet_dirs, {"0": "CT", "1": "MR"})
     network = trainer.cmc_network()
     generator = torch.Generator().manual_seed(0)
 
     def batch():
-        data = torch.randn(2, 2, 32, 32, generator=generator)
-        return {"data": data, "target": [torch.randint(0, 3, (2, 1, s, s), generator=generator).float()
-                                         for s in (32, 16)]}
+        return _synthetic_batch(generator, 2)
 
     trainer.dataloader_unlabelled = iter(lambda: {"data": torch.randn(2, 2, 32, 32, generator=generator)}, None)
     calls = []

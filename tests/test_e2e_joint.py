@@ -18,8 +18,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_unpaired.benchmark.metrics import evaluate_folder
 from nnunet_unpaired.phantom import LABELS
 
-from pairs import IDS, NAMES, run
-from stock_commands import run_console_scripts
+from pairs import IDS, NAMES, run, run_many
 
 pytestmark = pytest.mark.slow
 TRAINER = "nnUNetTrainerUnpairedJoint"
@@ -72,10 +71,9 @@ def predictions(trained, tmp_path_factory):
     nnU-Net instead of two; each command runs as the shell would run it)."""
     root, env, _ = trained
     out = tmp_path_factory.mktemp("e2e_joint_pred")
-    commands = [{"cmd": ["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / name / "imagesTs"), "-o", str(out / name),
-                         "-d", str(IDS[which]), "-c", "2d", "-f", FOLD, "-tr", TRAINER, "-device", "cpu",
-                         "-npp", "0", "-nps", "0"]} for which, name in enumerate(NAMES)]
-    run_console_scripts(commands, env)
+    run_many([["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / name / "imagesTs"), "-o", str(out / name),
+               "-d", str(IDS[which]), "-c", "2d", "-f", FOLD, "-tr", TRAINER, "-device", "cpu", "-npp", "0", "-nps",
+               "0"] for which, name in enumerate(NAMES)], env)
     return out
 
 
