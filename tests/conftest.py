@@ -155,8 +155,12 @@ def pytest_collection_modifyitems(config, items):
         return (not early, seconds is None, -(seconds or 0.0), item.path not in slow_files, order[item.path])
 
     items.sort(key=key)
-    if pair_files and hasattr(config, "workerinput"):
-        _start_pair_planning(config)
+
+
+def pytest_collection_finish(session):
+    """On an xdist worker: start planning the session's pair if a selected test (after -k/-m) needs it."""
+    if hasattr(session.config, "workerinput") and any("planned_pair" in item.fixturenames for item in session.items):
+        _start_pair_planning(session.config)
 
 
 #: with TEST_RECORD_DURATIONS=1: file -> [worker, first report time, last report time] (the terminal summary's timeline)
