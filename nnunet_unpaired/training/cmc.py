@@ -174,7 +174,10 @@ class SemiSupervisedCMCMixin:
 
     def setup_cmc(self, names: Iterable[str] = tuple(SETTINGS)) -> Dict[str, object]:
         """Resolves the settings ``names`` (see :func:`resolve_settings`) onto the trainer and into its plans under
-        ``"cmc"``, builds the three unlabelled losses; returns the settings."""
+        ``"cmc"``, builds the three unlabelled losses; returns the settings. Refuses region-based labels."""
+        if self.label_manager.has_regions:
+            raise NotImplementedError(f"{self.__class__.__name__} does not support region-based labels (CMC's "
+                                      f"anatomical consistency compares softmax class probabilities)")
         settings = resolve_settings({name: getattr(self, name) for name in names}, self.plans_manager.plans,
                                     os.environ, names)
         for name, value in settings.items():
@@ -187,6 +190,12 @@ class SemiSupervisedCMCMixin:
         self._case_subset: Optional[str] = None
         self._case_flags: Dict[str, Dict[str, bool]] = {}
         return settings
+
+    @property
+    def teacher(self) -> Optional[EMATeacher]:
+        """The mean teacher of ST (copies of what the student is: the network and B's head unpaired, the paired
+        network), or None when ST is off."""
+        return self.training_modules[TEACHER] if TEACHER in self.training_modules else None
 
     @property
     def uses_unlabelled(self) -> bool:
@@ -291,9 +300,6 @@ class nnUNetTrainerCMC(SemiSupervisedCMCMixin, nnUNetTrainerUnpairedJoint):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = _CUDA):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions:
-            raise NotImplementedError(f"{self.__class__.__name__} does not support region-based labels (CMC's "
-                                      f"anatomical consistency compares softmax class probabilities)")
         settings = self.setup_cmc()
         self._partner["plans_manager"].plans[PLANS_KEY] = dict(settings)
         self.dataloader_unlabelled_partner = None
@@ -315,11 +321,6 @@ class nnUNetTrainerCMC(SemiSupervisedCMCMixin, nnUNetTrainerUnpairedJoint):
     @property
     def partner_head(self) -> Optional[nn.Module]:
         return self.training_modules[PARTNER_HEAD] if PARTNER_HEAD in self.training_modules else None
-
-    @property
-    def teacher(self) -> Optional[EMATeacher]:
-        """The mean teacher of ST (copies of the network and B's head), or None when ST is off."""
-        return self.training_modules[TEACHER] if TEACHER in self.training_modules else None
 
     # ------------------------------------------------------------------------------------- partner head, export
     def build_training_modules(self) -> Dict[str, nn.Module]:

@@ -100,9 +100,6 @@ class nnUNetTrainerCMCPaired(SemiSupervisedCMCMixin, BudgetMixin, nnUNetTrainer)
         if self.is_cascaded:
             raise NotImplementedError(f"{self.__class__.__name__} does not support cascaded configurations (the "
                                       f"previous stage's segmentation would be a third input channel)")
-        if self.label_manager.has_regions:
-            raise NotImplementedError(f"{self.__class__.__name__} does not support region-based labels (CMC's "
-                                      f"anatomical consistency compares softmax class probabilities)")
         self.training_modules = nn.ModuleDict()
         settings = self.setup_cmc(PAIRED_SETTINGS)
         self.print_to_log_file(f"{self.__class__.__name__} settings: {settings}", also_print_to_console=True)
@@ -119,11 +116,6 @@ class nnUNetTrainerCMCPaired(SemiSupervisedCMCMixin, BudgetMixin, nnUNetTrainer)
     def cmc_network(self) -> PairedCMCNetwork:
         """``self.network`` without its torch.compile wrapper."""
         return getattr(self.network, "_orig_mod", self.network)
-
-    @property
-    def teacher(self) -> Optional[EMATeacher]:
-        """The mean teacher of ST (a copy of the whole paired network), or None when ST is off."""
-        return self.training_modules[TEACHER] if TEACHER in self.training_modules else None
 
     def initialize(self):
         first_time = not self.was_initialized
