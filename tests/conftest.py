@@ -116,6 +116,40 @@ def planned_pair(tmp_path_factory, pytestconfig):
     return root, nnunet_env(root)
 
 
+#: files that share a session fixture's expensive work run on ONE xdist worker (``--dist loadgroup``): file -> group.
+#: Every other file is its own group (what ``--dist loadfile`` did). Without the grouping (one process, or another
+#: --dist mode) each worker builds the fixture itself: slower, never wrong.
+SHARED_GROUPS = {"test_e2e_joint.py": "joint_model", "test_share_deploy.py": "joint_model"}
+
+
+@pytest.fixture(scope="session")
+def joint_model(planned_pair, tmp_path_factory):
+    """One tiny joint training of the session's pair (``nnUNetv2_train -tr nnUNetTrainerUnpairedJoint``: 4 epochs x 10
+    iterations, 2 augmentation workers, fold :data:`JOINT_FOLD`) into its own nnUNet_results, shared by the end-to-end
+    tests (test_e2e_joint) and the share/deploy tests (test_share_deploy), which :data:`SHARED_GROUPS` keeps on one
+    worker. Tests must not change its model folders (continue a copy).
+
+    Returns ``(root, env, marker)``; ``marker`` is set in the training's environment only, so a test can find
+    processes the training left behind."""
+    import uuid
+
+    from pairs import IDS, run
+
+    root, env = planned_pair
+    marker = f"nnunet_unpaired_test_{uuid.uuid4().hex}"
+    results = tmp_path_factory.mktemp("joint_model") / "nnUNet_results"
+    results.mkdir()
+    env = dict(env, nnUNet_results=str(results), nnUNet_unpaired_epochs=str(JOINT_EPOCHS), nnUNet_unpaired_iters="10",
+               nnUNet_n_proc_DA="2")
+    run(["nnUNetv2_train", str(IDS[0]), "2d", JOINT_FOLD, "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu"],
+        dict(env, NNUNET_UNPAIRED_TEST_MARKER=marker), timeout=900)
+    return root, env, marker
+
+
+JOINT_FOLD = "4"
+JOINT_EPOCHS = 4
+
+
 #: measured seconds per test file (written by a run with TEST_RECORD_DURATIONS=1, see pytest_sessionfinish)
 DURATIONS_FILE = Path(__file__).with_name("file_durations.json")
 _recorded: dict[str, float] = {}
@@ -134,27 +168,40 @@ def _known_durations() -> dict[str, float]:
 EARLY_SECONDS = 60.0
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook, which turns the xdist_group marks into scopes
 def pytest_collection_modifyitems(config, items):
     """Long files that do not need the session's planned pair first (it is planned in the background meanwhile, see
     :func:`planned_pair`), then the rest; within each group longest first (measured seconds from
     :data:`DURATIONS_FILE`; files not in it after those, files with slow tests first among them), each file's tests
     kept together and in order.
 
-    ``scripts/test.sh`` runs the suite on two workers (pytest-xdist, ``--dist loadfile``: a file's tests and its
-    module fixtures stay on one worker). The workers take files in this order, so starting with the long ones keeps
-    one worker from finishing a long file alone at the end (longest first is the classic rule for two machines).
+    ``scripts/test.sh`` runs the suite on two workers (pytest-xdist, ``--dist loadgroup`` with every file its own
+    group, except the files of :data:`SHARED_GROUPS`, which share one: a file's tests and its module fixtures stay on
+    one worker, and so do files that share a session fixture's work). The workers take the groups in this order, so
+    starting with the long ones keeps one worker from finishing a long file alone at the end (longest first is the
+    classic rule for two machines).
     """
     known = _known_durations()
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     order = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
     pair_files = {item.path for item in items if "planned_pair" in item.fixturenames}
 
+    group = {path: SHARED_GROUPS.get(path.name, path.name) for path in order}
+    group_seconds: dict[str, float] = {}
+    for path in order:  # a group's files run one after the other: the group is placed by their sum
+        if path.name in known:
+            group_seconds[group[path]] = group_seconds.get(group[path], 0.0) + known[path.name]
+
     def key(item):
-        seconds = known.get(item.path.name)
+        seconds = group_seconds.get(group[item.path])
         early = item.path not in pair_files and (seconds or 0.0) >= EARLY_SECONDS
-        return (not early, seconds is None, -(seconds or 0.0), item.path not in slow_files, order[item.path])
+        return (not early, seconds is None, -(seconds or 0.0), group[item.path], item.path not in slow_files,
+                order[item.path])
 
     items.sort(key=key)
+    if config.getoption("dist", "no") == "loadgroup":  # each file one group, except the files that share work
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, item.path.name)))
 
 
 def pytest_collection_finish(session):

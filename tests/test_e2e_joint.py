@@ -2,9 +2,9 @@
 both modalities; geometry, Dice against all-background, strict load, clean worker shutdown, --c and --val."""
 
 import os
+import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,12 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_unpaired.benchmark.metrics import evaluate_folder
 from nnunet_unpaired.phantom import LABELS
 
+from conftest import JOINT_EPOCHS, JOINT_FOLD
 from pairs import IDS, NAMES, run, run_many
 
 pytestmark = pytest.mark.slow
 TRAINER = "nnUNetTrainerUnpairedJoint"
-FOLD = "4"
+FOLD = JOINT_FOLD
 
 
 def _processes_with(marker: str):
@@ -38,13 +39,9 @@ def _processes_with(marker: str):
 
 
 @pytest.fixture(scope="module")
-def trained(planned_pair):
-    root, env = planned_pair
-    marker = f"nnunet_unpaired_test_{uuid.uuid4().hex}"
-    env = dict(env, nnUNet_unpaired_epochs="4", nnUNet_unpaired_iters="10", nnUNet_n_proc_DA="2",
-               NNUNET_UNPAIRED_TEST_MARKER=marker)
-    run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu"], env, timeout=900)
-    return root, env, marker
+def trained(joint_model):
+    """The session's tiny joint training (conftest.joint_model, shared with test_share_deploy)."""
+    return joint_model
 
 
 def test_workers_stopped_after_training(trained):
@@ -95,13 +92,16 @@ def test_predict_each_modality(trained, predictions, which):
     assert mean_dice > 0.1, rows
 
 
-def test_continue_and_validate_again(trained):
+def test_continue_and_validate_again(trained, tmp_path):
     _, env, _ = trained
-    more = dict(env, nnUNet_unpaired_epochs="5", nnUNet_n_proc_DA="0")
+    results = tmp_path / "nnUNet_results"  # a copy: the session's model folders stay as trained (test_share_deploy)
+    shutil.copytree(env["nnUNet_results"], results)
+    more = dict(env, nnUNet_results=str(results), nnUNet_unpaired_epochs=str(JOINT_EPOCHS + 1), nnUNet_n_proc_DA="0")
     # the continued run skips its final validation: the --val run below does exactly that one
     proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--c"],
                dict(more, nnUNet_unpaired_skip_final_validation="1"))
-    assert "Epoch 4" in proc.stdout and "Epoch 3\n" not in proc.stdout
+    last = JOINT_EPOCHS - 1
+    assert f"Epoch {JOINT_EPOCHS}" in proc.stdout and f"Epoch {last}\n" not in proc.stdout
     proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--val"], more)
     assert f"Final validation of {NAMES[1]} (B)" in proc.stdout
 

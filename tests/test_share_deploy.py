@@ -1,9 +1,9 @@
 """Share and deploy (issue #18): the model folders a joint training writes (A's and the partner B's) work with every
 nnU-Net tool, and ``nnunet_unpaired export`` writes models that stock nnU-Net predicts with, without this plugin.
 
-End to end (slow), after one tiny joint training: nnUNetv2_find_best_configuration, nnUNetv2_export_model_to_zip,
-nnUNetv2_install_pretrained_model_from_zip and nnUNetv2_predict on BOTH model folders; ``nnunet_unpaired export`` of
-both, installed and predicted on a 'stock machine' (an interpreter that cannot import this package, no
+End to end (slow), on the session's tiny joint training (conftest.joint_model): nnUNetv2_find_best_configuration,
+nnUNetv2_export_model_to_zip, nnUNetv2_install_pretrained_model_from_zip and nnUNetv2_predict on BOTH model folders;
+``nnunet_unpaired export`` of both, installed and predicted on a 'stock machine' (an interpreter that cannot import this package, no
 nnUNet_extTrainer), compared voxel by voxel with the plugin's prediction, and nnUNetv2_ensemble of the two.
 In-process: every trainer is classified (exportable or refused, with the reason), exports of the other trainers give
 the trainer's own network outputs, and the refusals / bad input give messages that name the file and the fix.
@@ -31,12 +31,13 @@ from nnunet_unpaired import export
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.phantom import LABELS
 
-from pairs import IDS, NAMES, run, set_env
+from conftest import JOINT_EPOCHS, JOINT_FOLD
+from pairs import IDS, NAMES, set_env
 from stock_commands import (plugin_free_env, plugin_free_site, run_console_scripts, start_console_scripts,
                             timings)
 
 TRAINER = "nnUNetTrainerUnpairedJoint"
-FOLD = "0"
+FOLD = JOINT_FOLD
 CONFIG = "2d"
 EXPORTED_PLANS = "nnUNetPlans_UnpairedJoint"
 
@@ -59,14 +60,11 @@ def _load_without_plugin(path) -> dict:
 
 # --------------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def trained(planned_pair, tmp_path_factory):
-    """One tiny joint training (2 epochs x 4 iterations) into this module's own nnUNet_results."""
-    root, env = planned_pair
-    work = tmp_path_factory.mktemp("share_deploy")
-    (work / "results").mkdir()
-    env = dict(env, nnUNet_results=str(work / "results"))
-    run(["nnUNetv2_train", str(IDS[0]), CONFIG, FOLD, "-tr", TRAINER, "-device", "cpu"], env, timeout=900)
-    return root, work, env
+def trained(joint_model, tmp_path_factory):
+    """The session's tiny joint training (conftest.joint_model, shared with test_e2e_joint: its model folders are the
+    training machine's); this module's own work folder for the zips, the colleague and the stock machine."""
+    root, env, _ = joint_model
+    return root, tmp_path_factory.mktemp("share_deploy"), env
 
 
 PREDICT = ["-c", CONFIG, "-f", FOLD, "-device", "cpu", "-npp", "0", "-nps", "0", "--save_probabilities"]
@@ -155,7 +153,7 @@ def test_partner_folder_is_complete_like_the_planned_datasets(trained):
     # B's own curves: its checkpoint's nnU-Net keys hold B's values, and its progress.png is not A's
     log_a = torch.load(a / "checkpoint_final.pth", weights_only=False)["logging"]
     log_b = torch.load(b / "checkpoint_final.pth", weights_only=False)["logging"]
-    assert len(log_b["train_losses"]) == 2 and log_b["train_losses"] == log_b["train_seg_B"]
+    assert len(log_b["train_losses"]) == JOINT_EPOCHS and log_b["train_losses"] == log_b["train_seg_B"]
     assert log_b["val_losses"] == log_b["partner_val_losses"] and log_b["val_losses"] != log_a["val_losses"]
     assert log_b["mean_fg_dice"] == log_a["partner_mean_fg_dice"]
     assert (a / "progress.png").read_bytes() != (b / "progress.png").read_bytes()
