@@ -10,7 +10,7 @@ bash scripts/setup.sh
 # Files run longest first (tests/file_durations.json); TEST_RECORD_DURATIONS=1 rewrites that file from this run.
 WORKERS=${TEST_WORKERS:-2}
 PARALLEL=()
-# --no-loadscope-reorder: xdist would otherwise reorder the groups by their number of tests (most first), which put
+# --no-loadscope-reorder: xdist would otherwise reorder the files by their number of tests (most first), which put
 # the long one-test files (demo, real data) last and left one worker idle at the end
-[ "$WORKERS" != 0 ] && PARALLEL=(-n "$WORKERS" --dist loadgroup --no-loadscope-reorder)
+[ "$WORKERS" != 0 ] && PARALLEL=(-n "$WORKERS" --dist loadfile --no-loadscope-reorder)
 exec .venv/bin/python -m pytest -ra --durations=25 "${PARALLEL[@]}" "$@"

@@ -116,10 +116,28 @@ def planned_pair(tmp_path_factory, pytestconfig):
     return root, nnunet_env(root)
 
 
-#: files that share a session fixture's expensive work run on ONE xdist worker (``--dist loadgroup``): file -> group.
-#: Every other file is its own group (what ``--dist loadfile`` did). Without the grouping (one process, or another
-#: --dist mode) each worker builds the fixture itself: slower, never wrong.
+#: files that share a session fixture's expensive work run on ONE xdist worker: file -> group
+#: (:func:`pytest_xdist_make_scheduler`). Every other file is its own group. Without the grouping (one process, or
+#: another --dist mode) each worker builds the fixture itself: slower, never wrong.
 SHARED_GROUPS = {"test_e2e_joint.py": "joint_model", "test_share_deploy.py": "joint_model"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the files of :data:`SHARED_GROUPS` as one unit of work, so they run on one worker (one
+    after the other, in collection order) and share their session fixture. xdist's own ``--dist loadgroup`` would do
+    it with marks, but with pytest 9.2 its marks no longer change the test ids it groups by (it sets
+    ``item._nodeid``, which pytest 9.2's ``Node.nodeid`` does not read), so every file stayed on its own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFileGroups(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_GROUPS.get(scope.rsplit("/", 1)[-1], scope)
+
+    return SharedFileGroups(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -168,18 +186,16 @@ def _known_durations() -> dict[str, float]:
 EARLY_SECONDS = 60.0
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's hook, which turns the xdist_group marks into scopes
 def pytest_collection_modifyitems(config, items):
     """Long files that do not need the session's planned pair first (it is planned in the background meanwhile, see
     :func:`planned_pair`), then the rest; within each group longest first (measured seconds from
     :data:`DURATIONS_FILE`; files not in it after those, files with slow tests first among them), each file's tests
     kept together and in order.
 
-    ``scripts/test.sh`` runs the suite on two workers (pytest-xdist, ``--dist loadgroup`` with every file its own
-    group, except the files of :data:`SHARED_GROUPS`, which share one: a file's tests and its module fixtures stay on
-    one worker, and so do files that share a session fixture's work). The workers take the groups in this order, so
-    starting with the long ones keeps one worker from finishing a long file alone at the end (longest first is the
-    classic rule for two machines).
+    ``scripts/test.sh`` runs the suite on two workers (pytest-xdist, ``--dist loadfile``: a file's tests and its
+    module fixtures stay on one worker, and so do the files of :data:`SHARED_GROUPS`, which share a session
+    fixture's work). The workers take the files in this order, so starting with the long ones keeps one worker from
+    finishing a long file alone at the end (longest first is the classic rule for two machines).
     """
     known = _known_durations()
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
@@ -199,9 +215,6 @@ def pytest_collection_modifyitems(config, items):
                 order[item.path])
 
     items.sort(key=key)
-    if config.getoption("dist", "no") == "loadgroup":  # each file one group, except the files that share work
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, item.path.name)))
 
 
 def pytest_collection_finish(session):
