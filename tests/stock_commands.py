@@ -58,7 +58,9 @@ def plugin_free_env(site_folder: Path, nnunet_folders: Dict[str, str], extra: Di
 def start_console_scripts(commands: Sequence[dict], env: Dict[str, str], plugin_free: bool = False,
                           cwd: Path = None, timeout: int = 900) -> Callable[[], str]:
     """Start running ``commands`` (dicts: ``cmd`` = [script, args...], optional ``expect_error`` = text the failure
-    must show) in one interpreter; returns a function that waits for it and returns its output (an AssertionError
+    must show, optional ``env`` = variables set for that command only: variables read while a command runs, such as
+    this package's ``nnUNet_unpaired_*`` settings, not nnU-Net's folder variables, which it reads once at import) in
+    one interpreter; returns a function that waits for it and returns its output (an AssertionError
     with the output tail when a command failed)."""
     spec = {"bin": str(Path(sys.executable).parent), "commands": list(commands),
             "absent": ["nnunet_unpaired"] if plugin_free else []}
@@ -101,6 +103,8 @@ def _main(spec: dict) -> int:
         print(f"=== {' '.join(command['cmd'])}", flush=True)
         start = time.time()
         sys.argv = [script, *args]
+        saved = {k: os.environ.get(k) for k in command.get("env", {})}
+        os.environ.update(command.get("env", {}))
         try:
             runpy.run_path(script, run_name="__main__")
             failure = None
@@ -108,6 +112,12 @@ def _main(spec: dict) -> int:
             failure = None if e.code in (None, 0) else f"exit status {e.code}"
         except Exception as e:  # noqa: BLE001 (reported, and compared with the expected error)
             failure = f"{type(e).__name__}: {e}"
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         if expected is not None:
             if failure is None or expected not in failure:
                 print(f"=== expected an error containing {expected!r}, got {failure!r}", flush=True)

@@ -19,7 +19,8 @@ from nnunet_unpaired.benchmark.metrics import evaluate_folder
 from nnunet_unpaired.phantom import LABELS
 
 from conftest import JOINT_EPOCHS, JOINT_FOLD
-from pairs import IDS, NAMES, run, run_many
+from pairs import IDS, NAMES, run_many, section
+from stock_commands import run_console_scripts
 
 pytestmark = pytest.mark.slow
 TRAINER = "nnUNetTrainerUnpairedJoint"
@@ -97,13 +98,16 @@ def test_continue_and_validate_again(trained, tmp_path):
     results = tmp_path / "nnUNet_results"  # a copy: the session's model folders stay as trained (test_share_deploy)
     shutil.copytree(env["nnUNet_results"], results)
     more = dict(env, nnUNet_results=str(results), nnUNet_unpaired_epochs=str(JOINT_EPOCHS + 1), nnUNet_n_proc_DA="0")
-    # the continued run skips its final validation: the --val run below does exactly that one
-    proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--c"],
-               dict(more, nnUNet_unpaired_skip_final_validation="1"))
-    last = JOINT_EPOCHS - 1
-    assert f"Epoch {JOINT_EPOCHS}" in proc.stdout and f"Epoch {last}\n" not in proc.stdout
-    proc = run(["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu", "--val"], more)
-    assert f"Final validation of {NAMES[1]} (B)" in proc.stdout
+    train = ["nnUNetv2_train", str(IDS[0]), "2d", FOLD, "-tr", TRAINER, "-device", "cpu"]
+    # one interpreter for both; the continued run skips its final validation: the --val run does exactly that one
+    output = run_console_scripts([{"cmd": [*train, "--c"], "env": {"nnUNet_unpaired_skip_final_validation": "1"}},
+                                  {"cmd": [*train, "--val"]}], more)
+    continued, validated = section(output, "nnUNetv2_train"), output.split("--val", 1)[1]
+    assert f"Epoch {JOINT_EPOCHS}" in continued and f"Epoch {JOINT_EPOCHS - 1}\n" not in continued
+    # the setting applies to its own command only: the continued run skips A's and B's validation, --val runs both
+    assert continued.count("final validation skipped") == 2 and "Mean Validation Dice" not in continued
+    assert f"Final validation of {NAMES[1]} (B)" in validated and "final validation skipped" not in validated
+    assert validated.count("Mean Validation Dice") == 2
 
 
 def test_unregistered_trainer_error_names_the_fix(planned_pair):
