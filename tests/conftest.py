@@ -12,6 +12,13 @@ import pytest
 # PyTorch's OpenMP threads spin while waiting by default; on a loaded 2-core machine that made training steps 10-100x
 # slower. Passive waiting costs nothing on a quiet machine. Set before any test imports torch (children inherit it).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# On an xdist worker of a run with several workers (scripts/test.sh: 2 on 2 cores): one torch thread per process, in
+# the tests and in the nnU-Net trainings they start (nnU-Net's run_training sets as many threads as cores, which this
+# package's setting overrides in every training step), so the two workers do not run 4 threads on 2 cores. A user's
+# own value of either variable wins.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= 2:  # xdist sets it before this file is imported
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("nnUNet_unpaired_torch_threads", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"

@@ -123,6 +123,7 @@ def test_timing_file_has_every_iteration_and_peak_memory(cls, tmp_path, monkeypa
 
 def test_no_timing_file_without_the_variable(tmp_path, monkeypatch):
     monkeypatch.delenv(budget.ENV_TIMING, raising=False)
+    monkeypatch.delenv(budget.ENV_TORCH_THREADS, raising=False)  # set by conftest under xdist; it wraps train_step too
     trainer = _Timed({}, "2d", 0, {})
     trainer.on_train_start()
     trainer.on_train_epoch_start()
