@@ -129,6 +129,18 @@ def planned_pair(tmp_path_factory, pytestconfig):
 SHARED_GROUPS = {"test_e2e_joint.py": "joint_model", "test_share_deploy.py": "joint_model"}
 
 
+def _shared_file_groups():
+    """xdist's ``--dist loadfile`` scheduler with the files of :data:`SHARED_GROUPS` as one unit of work (one scope)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFileGroups(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_GROUPS.get(scope.rsplit("/", 1)[-1], scope)
+
+    return SharedFileGroups
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` with the files of :data:`SHARED_GROUPS` as one unit of work, so they run on one worker (one
@@ -137,14 +149,7 @@ def pytest_xdist_make_scheduler(config, log):
     ``item._nodeid``, which pytest 9.2's ``Node.nodeid`` does not read), so every file stayed on its own."""
     if config.getvalue("dist") != "loadfile":
         return None
-    from xdist.scheduler import LoadFileScheduling
-
-    class SharedFileGroups(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            scope = super()._split_scope(nodeid)
-            return SHARED_GROUPS.get(scope.rsplit("/", 1)[-1], scope)
-
-    return SharedFileGroups(config, log)
+    return _shared_file_groups()(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -97,3 +97,20 @@ def test_env_check_fails_without_variable():
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
     proc = subprocess.run([str(exe), "env", "--check"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "eval" in proc.stdout
+
+
+def test_files_sharing_a_session_fixture_form_one_xdist_scope():
+    """scripts/test.sh's scheduler (conftest.pytest_xdist_make_scheduler): the files of SHARED_GROUPS are ONE unit of
+    work, so they run on one worker and share the joint model; every other file stays its own unit, parametrized ids
+    included."""
+    import conftest
+
+    scheduler = object.__new__(conftest._shared_file_groups())  # _split_scope reads no state
+    scopes = {nodeid: scheduler._split_scope(nodeid) for nodeid in (
+        "tests/test_e2e_joint.py::test_predict_each_modality[0]", "tests/test_share_deploy.py::test_x",
+        "tests/test_demo.py::test_demo_runs_end_to_end", "tests/test_demo.py::test_other[a::b]")}
+    assert set(conftest.SHARED_GROUPS) == {"test_e2e_joint.py", "test_share_deploy.py"}
+    assert scopes["tests/test_e2e_joint.py::test_predict_each_modality[0]"] == \
+        scopes["tests/test_share_deploy.py::test_x"] == "joint_model"
+    assert scopes["tests/test_demo.py::test_demo_runs_end_to_end"] == \
+        scopes["tests/test_demo.py::test_other[a::b]"] == "tests/test_demo.py"
