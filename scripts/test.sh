@@ -4,9 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Two workers (pytest-xdist; a file's tests stay together on one worker, and so do the files that share a session
-# fixture's work, slow files first: tests/conftest.py). Most
-# of the suite's time is nnU-Net subprocesses starting up (torch import + nnU-Net's trainer lookup, about 13 s each),
-# which uses one core, so two workers nearly halve the wall time on 2 cores. TEST_WORKERS=0 runs in one process.
+# fixture's work, slow files first: tests/conftest.py). Most of the suite's time is nnU-Net subprocesses starting up
+# (torch import + nnU-Net's trainer lookup, about 13 s each), which uses one core, so two workers nearly halve the wall
+# time on 2 cores. TEST_WORKERS=0 runs in one process.
 # Files run longest first (tests/file_durations.json); TEST_RECORD_DURATIONS=1 rewrites that file from this run.
 WORKERS=${TEST_WORKERS:-2}
 PARALLEL=()

@@ -152,6 +152,11 @@ def pytest_xdist_make_scheduler(config, log):
     return _shared_file_groups()(config, log)
 
 
+#: the fold and epochs (x 10 iterations) of the session's tiny joint training (:func:`joint_model`)
+JOINT_FOLD = "4"
+JOINT_EPOCHS = 4
+
+
 @pytest.fixture(scope="session")
 def joint_model(planned_pair, tmp_path_factory):
     """One tiny joint training of the session's pair (``nnUNetv2_train -tr nnUNetTrainerUnpairedJoint``: 4 epochs x 10
@@ -174,10 +179,6 @@ def joint_model(planned_pair, tmp_path_factory):
     run(["nnUNetv2_train", str(IDS[0]), "2d", JOINT_FOLD, "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu"],
         dict(env, NNUNET_UNPAIRED_TEST_MARKER=marker), timeout=900)
     return root, env, marker
-
-
-JOINT_FOLD = "4"
-JOINT_EPOCHS = 4
 
 
 #: measured seconds per test file (written by a run with TEST_RECORD_DURATIONS=1, see pytest_sessionfinish)

@@ -39,19 +39,13 @@ def _processes_with(marker: str):
     return found
 
 
-@pytest.fixture(scope="module")
-def trained(joint_model):
-    """The session's tiny joint training (conftest.joint_model, shared with test_share_deploy)."""
-    return joint_model
-
-
-def test_workers_stopped_after_training(trained):
-    _, _, marker = trained
+def test_workers_stopped_after_training(joint_model):
+    _, _, marker = joint_model
     assert _processes_with(marker) == [], "data-augmentation workers outlived nnUNetv2_train"
 
 
-def test_model_folders_for_both_datasets(trained):
-    _, env, _ = trained
+def test_model_folders_for_both_datasets(joint_model):
+    _, env, _ = joint_model
     for name in NAMES:
         folder = Path(env["nnUNet_results"]) / name / f"{TRAINER}__nnUNetPlans__2d"
         assert (folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file()
@@ -64,10 +58,10 @@ def test_model_folders_for_both_datasets(trained):
 
 
 @pytest.fixture(scope="module")
-def predictions(trained, tmp_path_factory):
+def predictions(joint_model, tmp_path_factory):
     """nnUNetv2_predict on the test images of each modality, both in one interpreter (one start-up of torch and
     nnU-Net instead of two; each command runs as the shell would run it)."""
-    root, env, _ = trained
+    root, env, _ = joint_model
     out = tmp_path_factory.mktemp("e2e_joint_pred")
     run_many([["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / name / "imagesTs"), "-o", str(out / name),
                "-d", str(IDS[which]), "-c", "2d", "-f", FOLD, "-tr", TRAINER, "-device", "cpu", "-npp", "0", "-nps",
@@ -76,8 +70,8 @@ def predictions(trained, tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", [0, 1])
-def test_predict_each_modality(trained, predictions, which):
-    root, env, _ = trained
+def test_predict_each_modality(joint_model, predictions, which):
+    root, env, _ = joint_model
     name = NAMES[which]
     images = root / "nnUNet_raw" / name / "imagesTs"
     out = predictions / name
@@ -93,8 +87,8 @@ def test_predict_each_modality(trained, predictions, which):
     assert mean_dice > 0.1, rows
 
 
-def test_continue_and_validate_again(trained, tmp_path):
-    _, env, _ = trained
+def test_continue_and_validate_again(joint_model, tmp_path):
+    _, env, _ = joint_model
     results = tmp_path / "nnUNet_results"  # a copy: the session's model folders stay as trained (test_share_deploy)
     shutil.copytree(env["nnUNet_results"], results)
     more = dict(env, nnUNet_results=str(results), nnUNet_unpaired_epochs=str(JOINT_EPOCHS + 1), nnUNet_n_proc_DA="0")
@@ -102,7 +96,7 @@ def test_continue_and_validate_again(trained, tmp_path):
     # one interpreter for both; the continued run skips its final validation: the --val run does exactly that one
     output = run_console_scripts([{"cmd": [*train, "--c"], "env": {"nnUNet_unpaired_skip_final_validation": "1"}},
                                   {"cmd": [*train, "--val"]}], more)
-    continued, validated = section(output, "nnUNetv2_train"), output.split("--val", 1)[1]
+    continued, validated = (section(output, " ".join([*train, flag])) for flag in ("--c", "--val"))
     assert f"Epoch {JOINT_EPOCHS}" in continued and f"Epoch {JOINT_EPOCHS - 1}\n" not in continued
     # the setting applies to its own command only: the continued run skips A's and B's validation, --val runs both
     assert continued.count("final validation skipped") == 2 and "Mean Validation Dice" not in continued

@@ -3,10 +3,11 @@ nnU-Net tool, and ``nnunet_unpaired export`` writes models that stock nnU-Net pr
 
 End to end (slow), on the session's tiny joint training (conftest.joint_model): nnUNetv2_find_best_configuration,
 nnUNetv2_export_model_to_zip, nnUNetv2_install_pretrained_model_from_zip and nnUNetv2_predict on BOTH model folders;
-``nnunet_unpaired export`` of both, installed and predicted on a 'stock machine' (an interpreter that cannot import this package, no
-nnUNet_extTrainer), compared voxel by voxel with the plugin's prediction, and nnUNetv2_ensemble of the two.
-In-process: every trainer is classified (exportable or refused, with the reason), exports of the other trainers give
-the trainer's own network outputs, and the refusals / bad input give messages that name the file and the fix.
+``nnunet_unpaired export`` of both, installed and predicted on a 'stock machine' (an interpreter that cannot import
+this package, no nnUNet_extTrainer), compared voxel by voxel with the plugin's prediction, and nnUNetv2_ensemble of
+the two. In-process: every trainer is classified (exportable or refused, with the reason), exports of the other
+trainers give the trainer's own network outputs, and the refusals / bad input give messages that name the file and the
+fix.
 """
 
 from __future__ import annotations
