@@ -18,6 +18,7 @@ import time
 from typing import Dict, List, Sequence
 
 from nnunet_unpaired.errors import UserError
+from nnunet_unpaired.plan_pair import SMALL_DATASET_FINGERPRINT_SAMPLES
 
 HELP = "phantom -> plan-pair -> train -> predict -> Dice table, end to end"
 
@@ -110,7 +111,7 @@ def run(args) -> int:
     print("== 2/5 plan both datasets together (shared network, own normalization)")
     _stream([_tool("nnunet_unpaired"), "plan-pair", "-d", str(ids[0]), str(ids[1]), "-c", args.configuration,
              "--max-features", str(args.max_features), "--batch-size", str(args.batch_size),
-             "-np", str(args.num_processes)], env,
+             "-np", str(args.num_processes), "--fingerprint-samples", str(SMALL_DATASET_FINGERPRINT_SAMPLES)], env,
             log("plan_pair.log"))
 
     print(f"== 3/5 train one network on both ({args.epochs} epochs x {args.iters} iterations, {device})")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from nnunet_unpaired.phantom import ModalityGeometry, PhantomConfig, dataset_folder_name, write_phantom_pair
+from nnunet_unpaired.plan_pair import SMALL_DATASET_FINGERPRINT_SAMPLES
 from nnunet_unpaired.registration import env_with_trainers
 
 IDS = (911, 912)
@@ -18,6 +19,9 @@ NAMES = (dataset_folder_name(IDS[0], "CT"), dataset_folder_name(IDS[1], "MR"))
 SMALL = dict(field_of_view_mm=(64.0, 64.0, 24.0), ct=ModalityGeometry((2.0, 2.0, 3.0), False),
              mr=ModalityGeometry((2.4, 2.4, 4.0), True))
 
+#: foreground intensities per dataset for plan-pair's fingerprint (``--fingerprint-samples``; nnU-Net draws 10^8,
+#: which on these small datasets repeats voxels and costs about 10 s per dataset)
+FINGERPRINT_SAMPLES = SMALL_DATASET_FINGERPRINT_SAMPLES
 #: the session's planned pair (conftest.planned_pair)
 SESSION_PAIR = dict(num_train=5, num_test=2, configurations=("2d", "3d_fullres"))
 
@@ -76,7 +80,8 @@ def make_planned_pair(root: Path, num_train: int = 6, num_test: int = 2, configu
     write_phantom_pair(env["nnUNet_raw"], IDS, PhantomConfig(num_train=num_train, num_test=num_test, **SMALL),
                        log=lambda *a: None)
     run(["nnunet_unpaired", "plan-pair", "-d", str(IDS[0]), str(IDS[1]), "-c", *configurations,
-         "--max-features", str(max_features), "--batch-size", str(batch_size), "-np", "1", "--no-verify"], env)
+         "--max-features", str(max_features), "--batch-size", str(batch_size), "-np", "1", "--no-verify",
+         "--fingerprint-samples", str(FINGERPRINT_SAMPLES)], env)
     return env
 
 

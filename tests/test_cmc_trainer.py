@@ -21,7 +21,7 @@ from nnunet_unpaired.semisupervised import MARKER_KEY
 from nnunet_unpaired.training.cmc import PARTNER_HEAD, nnUNetTrainerCMC, resolve_settings
 from nnunet_unpaired.training.unpaired_joint import CHECKPOINT_KEY
 
-from pairs import SMALL, nnunet_env, run_many, set_env
+from pairs import FINGERPRINT_SAMPLES, SMALL, nnunet_env, run_many, set_env
 
 SOURCE_IDS, SEMI_IDS = (981, 982), (983, 984)
 NAMES = ("Dataset983_PhantomCTSemi40", "Dataset984_PhantomMRSemi40")
@@ -38,7 +38,8 @@ def semi_pair(tmp_path_factory):
     run_many([["nnunet_unpaired", "make-semisupervised", "-d", *map(str, SOURCE_IDS), "--percent", "40", "--to-ids",
                *map(str, SEMI_IDS)],
               ["nnunet_unpaired", "plan-pair", "-d", *map(str, SEMI_IDS), "-c", "2d", "--max-features", "16",
-               "--batch-size", "4", "-np", "1", "--no-verify"]], env)  # integrity: test_semisupervised
+               "--batch-size", "4", "-np", "1", "--no-verify", "--fingerprint-samples", str(FINGERPRINT_SAMPLES)]],
+             env)  # integrity: test_semisupervised
     return root, env
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.pairing import PAIRING_KEY, plans_differences, read_pairing
-from nnunet_unpaired.plan_pair import partner_plans, plan_pair, shrink_plans
+from nnunet_unpaired.plan_pair import partner_plans, plan_pair, sampled_fingerprint_extractor, shrink_plans
 
-from pairs import IDS, NAMES, set_env
+from pairs import FINGERPRINT_SAMPLES, IDS, NAMES, set_env
 
 
 @pytest.fixture
@@ -42,6 +42,25 @@ def test_pairing_record_both_ways(planned):
     a, b = _plans(env, NAMES[0]), _plans(env, NAMES[1])
     assert read_pairing(a).partner == NAMES[1] and a[PAIRING_KEY]["role"] == "A"
     assert read_pairing(b).partner == NAMES[0] and b[PAIRING_KEY]["role"] == "B"
+    # the session's pair was planned with --fingerprint-samples (pairs.make_planned_pair): recorded in both
+    assert a[PAIRING_KEY]["fingerprint_samples"] == b[PAIRING_KEY]["fingerprint_samples"] == FINGERPRINT_SAMPLES
+
+
+def test_sampled_fingerprint_extractor(planned, monkeypatch):
+    """--fingerprint-samples sets nnU-Net's total of foreground intensity draws on its own extractor; nothing else."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+    _, env = planned
+    set_env(env, monkeypatch)
+    stock = DatasetFingerprintExtractor(IDS[0], 1)
+    sampled = sampled_fingerprint_extractor(1234)(IDS[0], 1)
+    assert isinstance(sampled, DatasetFingerprintExtractor) and stock.num_foreground_voxels_for_intensitystats == 10e7
+    assert sampled.num_foreground_voxels_for_intensitystats == 1234
+    assert {k: v for k, v in vars(sampled).items() if k != "num_foreground_voxels_for_intensitystats"} == \
+        {k: v for k, v in vars(stock).items() if k != "num_foreground_voxels_for_intensitystats"}
+    for bad in (0, -5):
+        with pytest.raises(UserError, match="--fingerprint-samples must be a positive"):
+            sampled_fingerprint_extractor(bad)
 
 
 def test_both_preprocessed_with_own_dataset_json(planned):
@@ -65,7 +84,7 @@ def test_rerun_is_safe_and_raw_untouched(planned, tmp_path, monkeypatch):
     plans_file = tmp_path / "pre" / NAMES[1] / "nnUNetPlans.json"
     plans_file.write_text(plans_file.read_text().replace('"ZScoreNormalization"', '"RescaleTo01Normalization"'))
     plan_pair(str(IDS[0]), str(IDS[1]), ["2d"], max_features=16, batch_size=4, num_processes=1, verify=False,
-              log=lambda *a: None)
+              fingerprint_samples=FINGERPRINT_SAMPLES, log=lambda *a: None)
     raw_after = {p: p.stat().st_mtime_ns for p in raw.rglob("*") if p.is_file()}
     assert raw_before == raw_after
     env_copy = dict(env, nnUNet_preprocessed=str(tmp_path / "pre"))
@@ -73,6 +92,9 @@ def test_rerun_is_safe_and_raw_untouched(planned, tmp_path, monkeypatch):
     assert plans_differences(again_a, again_b, "2d") == []
     assert again_b["configurations"]["2d"]["normalization_schemes"] == ["ZScoreNormalization"]  # rewritten
     assert again_a["configurations"]["2d"] == _plans(env, NAMES[0])["configurations"]["2d"]  # same data, same plan
+    for name in NAMES:  # the same seeded draws: the same fingerprint as the session's CLI run
+        assert (tmp_path / "pre" / name / "dataset_fingerprint.json").read_text() == \
+            open(f"{env['nnUNet_preprocessed']}/{name}/dataset_fingerprint.json").read()
 
 
 def test_partner_plans_is_pure():
@@ -144,10 +166,23 @@ def test_refuses_missing_dataset_and_same_dataset(planned, tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_refuses_unknown_configuration(planned, tmp_path, monkeypatch):
+    """... after A's fingerprint, which was drawn with --fingerprint-samples' extractor (a spy on nnU-Net's API)."""
+    from nnunetv2.experiment_planning import plan_and_preprocess_api as api
+
     root, _ = planned
     _env(monkeypatch, tmp_path, _copy_raw(root, tmp_path))
+    draws, original = [], api.extract_fingerprint_dataset
+
+    def spy(*args, **kwargs):
+        extractor = kwargs.get("fingerprint_extractor_class", api.DatasetFingerprintExtractor)
+        draws.append(extractor(args[0], 1).num_foreground_voxels_for_intensitystats)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(api, "extract_fingerprint_dataset", spy)
     with pytest.raises(UserError, match="3d_lowres.*do not exist"):
-        plan_pair(str(IDS[0]), str(IDS[1]), ["3d_lowres"], num_processes=1, verify=False, log=lambda *a: None)
+        plan_pair(str(IDS[0]), str(IDS[1]), ["3d_lowres"], num_processes=1, verify=False,
+                  fingerprint_samples=FINGERPRINT_SAMPLES, log=lambda *a: None)
+    assert draws == [FINGERPRINT_SAMPLES]
 
 
 def test_refuses_corrupt_label_values(planned, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import REPO
-from pairs import nnunet_env, run_many
+from pairs import FINGERPRINT_SAMPLES, nnunet_env, run_many
 
 from nnunet_unpaired.benchmark.config import PRESETS
 
@@ -60,7 +60,8 @@ def test_real_pair_plans_at_the_cpu_preset_spacing_trains_and_predicts_an_mr_cas
     out = root / "predicted_mr"
     # the three commands in one interpreter (pairs.run_many: each as the shell runs it, one torch start-up)
     run_many([["nnunet_unpaired", "plan-pair", "-d", "951", "952", "-c", "2d", "--in-plane-spacing", str(spacing),
-               "--max-features", "8", "--batch-size", "2", "-np", "1", "--no-verify"],
+               "--max-features", "8", "--batch-size", "2", "-np", "1", "--no-verify",
+               "--fingerprint-samples", str(FINGERPRINT_SAMPLES)],
               ["nnUNetv2_train", "951", "2d", "all", "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu"],
               ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", "952", "-c", "2d", "-f", "all",
                "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu", "-npp", "0", "-nps", "0",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pairs import nnunet_env, run_many, section
+from pairs import FINGERPRINT_SAMPLES, nnunet_env, run_many, section
 
 pytestmark = [pytest.mark.slow, pytest.mark.fixtures]
 
@@ -57,7 +57,8 @@ def test_real_ct_and_mr_pair_train_and_predict(totalseg_fixtures, tmp_path):
     out = tmp_path / "pred_931"
     output = run_many([
         ["nnunet_unpaired", "plan-pair", "-d", "931", "932", "-c", "2d", "--max-features", "16", "--batch-size", "2",
-         "-np", "1", "--no-verify"],  # integrity: test_conversion_fixtures
+         "-np", "1", "--no-verify",  # integrity: test_conversion_fixtures
+         "--fingerprint-samples", str(FINGERPRINT_SAMPLES)],
         ["nnUNetv2_train", "931", "2d", "all", "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu"],
         ["nnUNetv2_predict", "-i", str(ct / "imagesTr"), "-o", str(out), "-d", "931", "-c", "2d", "-f", "all",
          "-tr", "nnUNetTrainerUnpairedJoint", "-device", "cpu", "-npp", "0", "-nps", "0"]], env)

@@ -9,6 +9,7 @@ from pathlib import Path
 from nnunet_unpaired.benchmark import steps
 from nnunet_unpaired.benchmark.config import PLANS_NAME, Context
 from nnunet_unpaired.benchmark.steps import run_step
+from nnunet_unpaired.plan_pair import SMALL_DATASET_FINGERPRINT_SAMPLES
 
 
 def plan(ctx: Context) -> dict:
@@ -23,6 +24,8 @@ def plan(ctx: Context) -> dict:
             cmd += ["--batch-size", str(ctx.spec.batch_size)]
         if ctx.spec.datasets is None:
             cmd.append("--no-verify")  # the phantom is written by this package and checked by its own tests
+            # a small synthetic dataset: nnU-Net's 10^8 intensity draws would mostly repeat voxels (plan_pair's doc)
+            cmd += ["--fingerprint-samples", str(SMALL_DATASET_FINGERPRINT_SAMPLES)]
         steps.run_command(cmd, ctx.env(), log_file, ctx.log)
         plans = json.loads((ctx.nnunet["nnUNet_preprocessed"] / ctx.a.name / f"{PLANS_NAME}.json").read_text())
         conf = plans["configurations"][ctx.spec.configuration]
