@@ -59,6 +59,14 @@ def default_channel_names(num_channels: int) -> List[str]:
 
 HELP = "write a synthetic paired multi-channel dataset (co-registered channels, one label map) in nnU-Net raw format"
 LAYOUTS = ("exclusive", "redundant", "modalities")
+#: what each layout shows (dataset.json's description, the benchmark's report)
+LAYOUT_DESCRIPTIONS = {
+    "exclusive": "structure only_<c> is visible in channel c only, 'shared' in every channel",
+    "redundant": "structure strong_in_<c> is visible strongly in channel c and weakly in channel c + 1, 'shared' "
+                 "in every channel",
+    "modalities": "every structure is visible in every channel; odd channels invert the contrast of all but the "
+                  "last structure (two modalities of one anatomy)",
+}
 WEAK = 0.5  # contrast of a structure's weak appearance (redundant layout), relative to its strong one
 MISALIGNED_CHANNEL = 1  # the channel that misalign_voxels translates
 _MISALIGN_STREAM = 7  # the misalignment directions come from their own random stream (seed, case, 7)
@@ -272,20 +280,13 @@ def _write_dataset_json(folder: Path, name: str, names: Sequence[str], num_cases
         for c, channel in enumerate(names):
             label_names[f"{prefix}{channel}"] = c + 1
         label_names["shared"] = num_channels + 1
-    descriptions = {
-        "exclusive": "structure only_<c> is visible in channel c only, 'shared' in every channel",
-        "redundant": "structure strong_in_<c> is visible strongly in channel c and weakly in channel c + 1, 'shared' "
-                     "in every channel",
-        "modalities": "every structure is visible in every channel; odd channels invert the contrast of all but the "
-                      "last structure (two modalities of one anatomy)",
-    }
     dataset_json = {
         "channel_names": {str(c): n for c, n in enumerate(names)},
         "labels": label_names,
         "numTraining": num_cases,
         "file_ending": ".nii.gz",
         "name": name,
-        "description": "nnunet_unpaired synthetic paired multi-channel phantom: " + descriptions[layout],
+        "description": "nnunet_unpaired synthetic paired multi-channel phantom: " + LAYOUT_DESCRIPTIONS[layout],
         "phantom": {"seed": seed, "shape": list(shape), "spacing": list(spacing), "layout": layout,
                     "visible_in_channels": {n: np.flatnonzero(row).tolist()
                                             for n, row in zip(list(label_names)[1:], visibility(num_channels, layout))},

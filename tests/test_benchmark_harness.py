@@ -287,6 +287,8 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "This split has 2 training" in (logs / "train__vanilla__Dataset902_PhantomMR__fold_0.log").read_text()
     joint_log = (logs / "train__joint__fold_0.log").read_text()
     assert "This split has 4 training" in joint_log and "This split has 2 training" in joint_log
+    # skipped final validation: the skip line once, no "Final validation of ..." header for A or B
+    assert joint_log.count("final validation skipped") == 1 and "Final validation of" not in joint_log
 
     rows = report.read_csv(setting / "report" / "results.csv")
     assert {r["method"] for r in rows} == {"vanilla", "joint"}

@@ -341,8 +341,11 @@ def test_channel_dropout_baseline_is_trained_like_vanilla_and_fed_zero_filled_ch
 
 @pytest.mark.parametrize("layout, first_label", [("redundant", "strong_in_mod0"), ("exclusive", "only_mod0")])
 def test_phantom_layout_comes_from_the_option(tmp_path, fake, layout, first_label):
+    from nnunet_unpaired.phantom_multichannel import LAYOUT_DESCRIPTIONS
+
     inp = _input(tmp_path, multichannel_phantom=layout)
-    multichannel.run_settings(inp)
+    (summary,) = multichannel.run_settings(inp)
+    assert f"layout '{layout}': {LAYOUT_DESCRIPTIONS[layout]}" in summary["note"]  # the report describes this layout
     data = json.loads((inp.result / "phantom_multichannel_raw" / "Dataset991_MultiChannelPhantom" /
                        "dataset.json").read_text())
     assert data["phantom"]["layout"] == layout and list(data["labels"])[1] == first_label

@@ -614,8 +614,10 @@ def run_settings(inp: ExperimentInput) -> list[dict]:
             for row in report.read_csv(metrics_file(ctx.for_seed(seed), name, model.dataset, fold))]
     costs = [collect_costs(ctx.for_seed(seed), method, models, fold)
              for (_, fold, seed), (method, models) in trained.items()]
+    from nnunet_unpaired.phantom_multichannel import LAYOUT_DESCRIPTIONS
+
     data = (f"the multi-channel phantom (nnunet_unpaired/phantom_multichannel.py: {phantom['num_channels']} channels, "
-            f"structure only_<c> visible in channel c only, 'shared' in every channel), {phantom['num_cases']} "
+            f"layout '{phantom['layout']}': {LAYOUT_DESCRIPTIONS[phantom['layout']]}), {phantom['num_cases']} "
             f"training + {phantom['num_test_cases']} test cases of {' x '.join(map(str, phantom['shape']))} voxels"
             if phantom else f"the raw dataset {source.name} ({len(names)} channels: "
                             f"{', '.join(names.values())})")

@@ -74,6 +74,11 @@ def budget_from_env() -> Dict[str, int]:
     return {attr: n for env, attr in _ATTRIBUTES.items() if (n := _positive_int(env)) is not None}
 
 
+def final_validation_skipped() -> bool:
+    """``nnUNet_unpaired_skip_final_validation=1`` is set (the budget's own ``perform_actual_validation`` skips)."""
+    return _flag(ENV_SKIP_VALIDATION)
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes")
 
@@ -195,7 +200,7 @@ class BudgetMixin:
             self._timing_last = time.perf_counter()
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        if _flag(ENV_SKIP_VALIDATION):
+        if final_validation_skipped():
             self.print_to_log_file(f"nnunet_unpaired: final validation skipped ({ENV_SKIP_VALIDATION}=1)",
                                    also_print_to_console=True)
             return

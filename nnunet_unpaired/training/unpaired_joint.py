@@ -42,7 +42,7 @@ from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.modules.modality_norm import PartnerNormParameters
 from nnunet_unpaired.pairing import label_differences, plans_differences, read_pairing, require_env
 from nnunet_unpaired.splits import check_fold_possible
-from nnunet_unpaired.training.budget import BudgetMixin
+from nnunet_unpaired.training.budget import BudgetMixin, final_validation_skipped
 from nnunet_unpaired.training.progress import (copy_training_log, log_epoch_value, log_train_terms,
                                                partner_logging, partner_validation_values, plot_loss_terms,
                                                write_partner_progress)
@@ -362,6 +362,10 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
             self.training_modules.load_state_dict(extras["training_modules"])
 
     def perform_actual_validation(self, save_probabilities: bool = False):
+        if final_validation_skipped():  # one skip line from the budget, no header for a validation that does not run
+            super().perform_actual_validation(save_probabilities)
+            copy_training_log(self.log_file, self._partner["output_folder"])
+            return
         self.print_to_log_file(f"Final validation of {self.plans_manager.dataset_name} (A)")
         super().perform_actual_validation(save_probabilities)
         with self.as_partner():
