@@ -337,6 +337,9 @@ def test_channel_dropout_baseline_is_trained_like_vanilla_and_fed_zero_filled_ch
     assert {r["modality"] for r in rows if r["method"] == "vanilla-dropout"} == \
         {"all channels"} | {f"missing channel {c} ({n})" for c, n in CHANNELS.items()}
     assert "vanilla-dropout" in summary["headline"] and "| vanilla-dropout | 1 |" in summary["headline"]
+    assert "maml predicts with all channels" in summary["note"]
+    assert "vanilla-dropout (a plain nnU-Net network) predicts through nnUNetv2_predict, a missing channel " \
+        "zero-filled" in summary["note"]
 
 
 @pytest.mark.parametrize("layout, first_label", [("redundant", "strong_in_mod0"), ("exclusive", "only_mod0")])

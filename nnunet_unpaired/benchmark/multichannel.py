@@ -435,6 +435,20 @@ def evaluate_condition(ctx: Context, method_name: str, label: str, key: str, pre
 # ---------------------------------------------------------------------------------------------- the setting
 
 
+def how_others_predict(others: Sequence[Method]) -> str:
+    """The report's sentence on how the methods beside vanilla see a missing channel."""
+    plain = [m.name for m in others if m.trainer in interface.ZERO_FILLED_TRAINERS]
+    aware = [m.name for m in others if m.trainer not in interface.ZERO_FILLED_TRAINERS]
+    parts = []
+    if aware:
+        parts.append(f"{', '.join(aware)} predicts with all channels through nnUNetv2_predict and with a channel "
+                     f"missing through `nnunet_unpaired predict-missing` (the channel's files absent)")
+    if plain:
+        parts.append(f"{', '.join(plain)} (a plain nnU-Net network) predicts through nnUNetv2_predict, a missing "
+                     f"channel zero-filled like vanilla's")
+    return "; ".join(parts) or "no other method"
+
+
 def run_fold(ctx: Context, methods: Sequence[Method], source: Dataset, derived: Mapping[int, Dataset],
              names: Mapping[int, str], fold: str) -> dict[tuple, tuple[Method, list[ModelRef]]]:
     """Train, predict and evaluate everything of one fold; the metric files hold the report's rows."""
@@ -624,9 +638,7 @@ def run_settings(inp: ExperimentInput) -> list[dict]:
     note = (f"Data: {data}. Models: `vanilla` is nnU-Net (nnUNetTrainerVanilla) trained on all channels; in the rows "
             f"of a missing channel it is that model fed the channel as an all-zero image (so the paired tests there "
             f"compare with it); `{RETRAINED}` is vanilla trained on the remaining channels (one model per missing "
-            f"channel, its own planned dataset); {', '.join(m.name for m in methods[1:]) or 'no other method'} "
-            f"predicts with all channels through nnUNetv2_predict and with a channel missing through `nnunet_unpaired "
-            f"predict-missing` (the channel's files absent). Every run: the same budget and split. (In the summary "
+            f"channel, its own planned dataset); {how_others_predict(methods[1:])}. Every run: the same budget and split. (In the summary "
             f"table above the 'modalities' are the test-time inputs; the title and 'data' line at the top of "
             f"results.md name the pair phantom, which the harness writes for every benchmark; this experiment's data "
             f"is the one named here.)")
