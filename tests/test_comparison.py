@@ -96,3 +96,17 @@ def test_markdown_has_both_baselines_and_the_noise_floor():
     eam_line = next(line for line in text.splitlines() if line.startswith("| eam "))
     assert "-0.000 [-0.200, +0.200] (no detectable difference)" in eam_line
     assert "noise floor of vanilla on CT: seed-to-seed std 0.007" in text
+
+
+def test_summary_compares_with_channel_dropout_vanilla_where_it_ran():
+    """Issue 17's target for MAML is a paired difference to vanilla-dropout as well as to (zero-filled) vanilla."""
+    from nnunet_unpaired.benchmark.summary import COMPARISON_BASELINES
+
+    base = {(s, f"c{i}"): 0.6 + 0.01 * i for s in (0, 1) for i in range(4)}
+    rows = (rows_for("vanilla", base) + rows_for("vanilla-dropout", {k: v + 0.3 for k, v in base.items()})
+            + rows_for("maml", {k: v + 0.2 for k, v in base.items()}))
+    text = "\n".join(comparison.comparison_markdown(rows, ["vanilla", "maml", "vanilla-dropout"],
+                                                    COMPARISON_BASELINES))
+    assert "Δ vs vanilla [95% interval] | Δ vs vanilla-dropout [95% interval]" in text
+    maml_line = next(line for line in text.splitlines() if line.startswith("| maml "))
+    assert "+0.200 [+0.200, +0.200] (better)" in maml_line and "-0.100 [-0.100, -0.100] (worse)" in maml_line

@@ -20,7 +20,9 @@ from nnunet_unpaired.benchmark.mechanism import mechanism_file, mechanism_markdo
 from nnunet_unpaired.benchmark.registry import JOINT
 
 #: the baselines every method is compared with in ``results.md``, where they ran
-COMPARISON_BASELINES = (BASELINE, JOINT, "source-only")
+#: the baselines every method is compared with where they ran (vanilla-dropout: the usual competitor of a
+#: missing-modality method, issue 17)
+COMPARISON_BASELINES = (BASELINE, JOINT, "source-only", "vanilla-dropout")
 
 
 def write_setting_report(ctx: Context, trained: Trained) -> dict:
