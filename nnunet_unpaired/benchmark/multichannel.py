@@ -638,9 +638,9 @@ def run_settings(inp: ExperimentInput) -> list[dict]:
     note = (f"Data: {data}. Models: `vanilla` is nnU-Net (nnUNetTrainerVanilla) trained on all channels; in the rows "
             f"of a missing channel it is that model fed the channel as an all-zero image (so the paired tests there "
             f"compare with it); `{RETRAINED}` is vanilla trained on the remaining channels (one model per missing "
-            f"channel, its own planned dataset); {how_others_predict(methods[1:])}. Every run: the same budget and split. (In the summary "
-            f"table above the 'modalities' are the test-time inputs; the title and 'data' line at the top of "
-            f"results.md name the pair phantom, which the harness writes for every benchmark; this experiment's data "
-            f"is the one named here.)")
+            f"channel, its own planned dataset); {how_others_predict(methods[1:])}. Every run: the same budget and "
+            f"split. (In the summary table above the 'modalities' are the test-time inputs; the title and 'data' "
+            f"line at the top of results.md name the pair phantom, which the harness writes for every benchmark; this "
+            f"experiment's data is the one named here.)")
     text = headline(ctx, methods, rows, costs, names, source, folds)
     return [setting_summary(ctx, trained, "multichannel (MAML)", note, planned, headline=text)]

@@ -19,9 +19,8 @@ from nnunet_unpaired.benchmark.evaluation import mean_dice, metrics_file
 from nnunet_unpaired.benchmark.mechanism import mechanism_file, mechanism_markdown
 from nnunet_unpaired.benchmark.registry import JOINT
 
-#: the baselines every method is compared with in ``results.md``, where they ran
-#: the baselines every method is compared with where they ran (vanilla-dropout: the usual competitor of a
-#: missing-modality method, issue 17)
+#: the baselines every method is compared with in ``results.md``, where they ran (vanilla-dropout: the usual
+#: competitor of a missing-modality method, issue 17)
 COMPARISON_BASELINES = (BASELINE, JOINT, "source-only", "vanilla-dropout")
 
 

@@ -364,13 +364,12 @@ class nnUNetTrainerUnpairedJoint(BudgetMixin, nnUNetTrainer):
     def perform_actual_validation(self, save_probabilities: bool = False):
         if final_validation_skipped():  # one skip line from the budget, no header for a validation that does not run
             super().perform_actual_validation(save_probabilities)
-            copy_training_log(self.log_file, self._partner["output_folder"])
-            return
-        self.print_to_log_file(f"Final validation of {self.plans_manager.dataset_name} (A)")
-        super().perform_actual_validation(save_probabilities)
-        with self.as_partner():
-            self.print_to_log_file(f"Final validation of {self.plans_manager.dataset_name} (B)")
+        else:
+            self.print_to_log_file(f"Final validation of {self.plans_manager.dataset_name} (A)")
             super().perform_actual_validation(save_probabilities)
+            with self.as_partner():
+                self.print_to_log_file(f"Final validation of {self.plans_manager.dataset_name} (B)")
+                super().perform_actual_validation(save_probabilities)
         copy_training_log(self.log_file, self._partner["output_folder"])
 
 
