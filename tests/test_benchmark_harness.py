@@ -7,6 +7,7 @@ import argparse
 import inspect
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -262,14 +263,16 @@ def test_cli_reports_user_errors(capsys):
 
 @pytest.mark.slow
 def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
-    """Phantom, vanilla + joint, scarce-label B (2 cases), seed 0: outputs hold the numbers; a rerun does no work."""
+    """Phantom, vanilla + joint, scarce-label B (2 cases), seed 0: outputs hold the numbers; a rerun does no work;
+    on another machine (a new output folder) the record alone (--archive) resumes it: nothing is trained, predicted
+    or evaluated again, the same report comes out."""
     monkeypatch.setenv("nnUNet_compile", "false")
     spec = _spec()
     options = RunOptions(output=tmp_path / "out", folds=("0",), seeds=(0,), methods=("vanilla", "joint"),
                          scarce_b=(2,), full_label=False, device="cpu", date="2026-01-01",
                          env=(("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1"),
                               ("nnUNet_unpaired_skip_final_validation", "1")),
-                         predict_processes=(0, 0), plan_processes=1)
+                         predict_processes=(0, 0), plan_processes=1, archive=tmp_path / "record")
     lines: list[str] = []
     result = harness.run_benchmark(spec, options, log=lines.append)
     assert result.name == "Dataset901_PhantomCT__Dataset902_PhantomMR__2d__2026-01-01"
@@ -325,6 +328,22 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     assert not [line for line in lines if line.startswith("[start]")], lines
     assert len([line for line in lines if line.startswith("[skip]")]) == len(steps) + 1  # + the phantom
     assert (setting / "report" / "results.csv").read_text() == csv_text
+
+    # the record: no image, no model, no prediction; the loss curves of the 4 model folders (joint writes A and B)
+    record = sorted(str(p.relative_to(tmp_path / "record")) for p in (tmp_path / "record").rglob("*") if p.is_file())
+    assert not [f for f in record if f.endswith((".nii.gz", ".pth", ".npz", ".b2nd"))], record
+    assert len([f for f in record if f.startswith("scarce-b2/seed_0/training_logging/")]) == 4
+    costs_text = (setting / "report" / "costs.csv").read_text()
+    lines.clear()
+    other = harness.run_benchmark(spec, replace(options, output=tmp_path / "other_machine"), log=lines.append)
+    started = [line.split()[1] for line in lines if line.startswith("[start]")]
+    assert started == ["phantom", "plan", "splits"], lines  # rebuilt (their products are missing), nothing else
+    assert len([line for line in lines if line.startswith("[redo]")]) == 3
+    assert not (other / "scarce-b2" / "seed_0" / "nnunet" / "nnUNet_results").exists()  # no model trained
+    assert (other / "scarce-b2" / "report" / "results.csv").read_text() == csv_text
+    assert (other / "scarce-b2" / "report" / "costs.csv").read_text() == costs_text
+    assert (other / "scarce-b2" / "report" / "training_loss_Dataset902_PhantomMR.png").stat().st_size > 0
+    assert (other / "results.md").read_text().split("## ", 1)[1] == summary.split("## ", 1)[1]
 
 
 def test_update_docs_replaces_only_the_marked_section(tmp_path):

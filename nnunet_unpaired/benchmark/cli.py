@@ -20,7 +20,7 @@ HELP = "train and compare methods against vanilla nnU-Net"
 # options without a default value of their own (absent from the parsed arguments when not given)
 _OPTIONAL = ("pair", "configuration", "methods", "epochs", "iters", "val_iters", "max_features", "batch_size",
              "in_plane_spacing",
-             "num_train", "num_test", "date", "device", "multichannel_dataset")
+             "num_train", "num_test", "date", "device", "multichannel_dataset", "archive")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true",
                         help="delete this benchmark's result folder and start over (default: resume, skipping "
                              "finished steps)")
+    parser.add_argument("--archive", default=none, metavar="DIR",
+                        help="keep the result folder's record (step markers, logs, timing, per-case metrics, loss "
+                             "curves; no images, no models) in DIR after every method, and restore it from there "
+                             "first: a benchmark then continues on another machine (commit DIR to carry it)")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="processes for planning/preprocessing")
 
 
@@ -133,7 +137,8 @@ def build(args: argparse.Namespace):
                          uda_directions=tuple(dict.fromkeys(args.uda_directions)),
                          semi_percent=tuple(dict.fromkeys(args.semi_labelled)),
                          multichannel_dataset=args.multichannel_dataset, mechanism=not args.no_mechanism,
-                         multichannel_phantom=args.multichannel_phantom)
+                         multichannel_phantom=args.multichannel_phantom,
+                         archive=None if args.archive is None else Path(args.archive).resolve())
     if any(not 0 < p < 100 for p in options.semi_percent):
         raise UserError(f"--semi-labelled takes percentages between 0 and 100 (exclusive), got "
                         f"{' '.join(map(str, options.semi_percent))}")

@@ -136,6 +136,8 @@ class RunOptions:
     device: str | None = None  # None: cuda when available, else cpu
     restart: bool = False
     date: str | None = None  # YYYY-MM-DD of the result folder; None: today
+    #: a folder for the result folder's record (benchmark.archive): saved after every method, restored before a run
+    archive: Path | None = None
     env: tuple[tuple[str, str], ...] = ()  # nnU-Net variables for every command (worker counts), see Preset.env
     predict_processes: tuple[int, int] | None = None
     plan_processes: int = 2

@@ -8,10 +8,12 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
+from nnunet_unpaired.benchmark import archive
 from nnunet_unpaired.benchmark.config import Context, ModelRef, Trained, run_key
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import marker_path
 from nnunet_unpaired.benchmark.training_runs import timing_files
+from nnunet_unpaired.errors import UserError
 
 
 def median_after_warmup(records: Sequence[Mapping]) -> tuple[float, int]:
@@ -59,11 +61,19 @@ def mean(values: Sequence[float]) -> float:
 
 
 def training_logging(ctx: Context, model: ModelRef, fold: str) -> dict:
+    """``checkpoint['logging']`` of a finished model: from its checkpoint, else from the benchmark's record (where
+    the model itself is gone, :mod:`nnunet_unpaired.benchmark.archive`)."""
     import torch
 
-    checkpoint = torch.load(ctx.model_folder(model.dataset, model.trainer, fold) / "checkpoint_final.pth",
-                            map_location="cpu", weights_only=False)
-    return checkpoint.get("logging", {})
+    folder = ctx.model_folder(model.dataset, model.trainer, fold)
+    if (folder / "checkpoint_final.pth").is_file():
+        checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        return checkpoint.get("logging", {})
+    recorded = archive.logging_file(ctx.run_root, folder)
+    if recorded.is_file():
+        return json.loads(recorded.read_text())
+    raise UserError(f"{folder / 'checkpoint_final.pth'} is missing and the record has no {recorded}: the training "
+                    f"loss curves of {model.trainer} on {model.dataset.name} are lost. Rerun with --restart.")
 
 
 def loss_curves(ctx: Context, trained: Trained) -> dict[str, tuple[dict[str, list[float]], dict[str, list[float]]]]:

@@ -66,7 +66,7 @@ def prepare_data(spec: BenchmarkSpec, result: Path, log: Callable[[str], None] =
                 write_phantom_pair(str(raw), PHANTOM_IDS, config, log=lambda msg: print(msg, file=f))
             return {"raw": str(raw)}
 
-        run_step(result, "phantom", write, log)
+        run_step(result, "phantom", write, log, products=[raw])
         a, b = (read_dataset(raw, dataset_folder_name(i, m)) for i, m in zip(PHANTOM_IDS, ("CT", "MR")))
     for dataset in (a, b):
         check_test_cases(dataset)
@@ -150,7 +150,8 @@ def write_splits(ctx: Context) -> dict:
                 info[dataset.name]["train_cases"] = [s["train"] for s in splits]
         return info
 
-    return run_step(ctx.root, "splits", action, ctx.log)
+    products = [ctx.nnunet["nnUNet_preprocessed"] / d.name / "splits_final.json" for d in (ctx.a, ctx.b)]
+    return run_step(ctx.root, "splits", action, ctx.log, products=products, must_match=(ctx.a.name, ctx.b.name))
 
 
 def test_cases(dataset: Dataset) -> list[str]:

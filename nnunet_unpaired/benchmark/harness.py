@@ -42,7 +42,9 @@ the model folders of one trainer would otherwise collide.
 
 Resumability: every step writes its marker atomically after it succeeded and is skipped when the marker exists. A
 training interrupted before its marker continues from nnU-Net's latest checkpoint (``--c``). Reports are cheap and
-are always rewritten. ``restart=True`` deletes the result folder first.
+are always rewritten. ``restart=True`` deletes the result folder first. ``--archive DIR`` keeps the folder's small,
+irreplaceable part (markers, logs, timing, metrics, loss curves) in DIR after every method and restores it into a new
+result folder, so a benchmark can continue on another machine (:mod:`~nnunet_unpaired.benchmark.archive`).
 
 Kinds: a kind runner is a function ``(ctx, method, fold) -> list[ModelRef]`` that trains (through
 :func:`nnunet_unpaired.benchmark.training_runs.train_run`, which handles markers, budget and timing) and returns the
@@ -57,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from nnunet_unpaired.benchmark import registry
+from nnunet_unpaired.benchmark import archive, registry
 from nnunet_unpaired.benchmark.config import (
     BASELINE,
     FULL_LABEL,
@@ -187,6 +189,7 @@ def train_predict_evaluate(ctx: Context, methods: Sequence[Method], folds: Seque
                 if ctx.options.mechanism:
                     measure_mechanism(run_ctx, method, models, fold)  # one shared network only (kind unpaired)
                 trained[(method.name, fold, seed)] = (method, models)
+                save_record(ctx.result, ctx.options, ctx.log)
     return trained
 
 
@@ -209,6 +212,12 @@ def run_pair_setting(ctx: Context, methods: Sequence[Method], folds: Sequence[st
                 f"all of its training cases; validation and test cases are unchanged. Vanilla-B and every other "
                 f"method see the same {scarce} labelled B case(s).")
     return setting_summary(ctx, trained, title, note, planned)
+
+
+def save_record(result: Path, options: RunOptions, log: Callable[[str], None]) -> None:
+    """With ``--archive``: the result folder's record (:mod:`nnunet_unpaired.benchmark.archive`) saved there."""
+    if options.archive is not None:
+        archive.save(result, Path(options.archive), log)
 
 
 def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str], None] = say) -> Path:
@@ -238,7 +247,14 @@ def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str],
         f"folds {', '.join(folds)}, settings {', '.join(runs + [f'{k} experiment' for k in experiments])}, "
         f"device {device}")
     log(f"result folder: {result}")
+    if options.archive is not None:
+        if options.restart and (Path(options.archive) / "benchmark.json").is_file():
+            raise UserError(f"--restart with --archive {options.archive}, which holds the record of a benchmark: "
+                            f"delete that folder too to start over, or choose another --archive")
+        if not options.restart:
+            archive.restore(Path(options.archive), result, log)
     prepare_result_folder(result, spec, options.restart, log)
+    save_record(result, options, log)
     a, b = prepare_data(spec, result, log)
 
     summaries = []
@@ -250,9 +266,11 @@ def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str],
         log(f"== experiment {kind}: {', '.join(m.name for m in kind_methods)}")
         runner = experiment_runner(kind)
         summaries += runner(ExperimentInput(spec, options, result, a, b, kind_methods, device, log))
+        save_record(result, options, log)
     text = summary_markdown(spec, options, result, device, a, b, summaries)
     tmp = result / f".results.md.tmp{os.getpid()}"
     tmp.write_text(text)
     os.replace(tmp, result / "results.md")
+    save_record(result, options, log)
     log(f"benchmark finished in {(time.perf_counter() - start) / 60:.1f} min: {result / 'results.md'}")
     return result

@@ -32,4 +32,10 @@ def plan(ctx: Context) -> dict:
         return {"batch_size": conf["batch_size"], "patch_size": conf["patch_size"], "spacing": conf.get("spacing"),
                 "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"]}
 
-    return run_step(ctx.root, "plan", action, ctx.log)
+    preprocessed = ctx.nnunet["nnUNet_preprocessed"]
+    # what training needs: both plans and both preprocessed data folders (redone for a result folder restored from
+    # its record, which must give the recorded plan)
+    products = [preprocessed / d.name / f"{PLANS_NAME}.json" for d in (ctx.a, ctx.b)]
+    products += [preprocessed / d.name / f"{PLANS_NAME}_{ctx.spec.configuration}" for d in (ctx.a, ctx.b)]
+    return run_step(ctx.root, "plan", action, ctx.log, products=products,
+                    must_match=("batch_size", "patch_size", "spacing", "features_per_stage"))

@@ -44,15 +44,23 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_step(root: Path, step: str, action: Callable[[Path], Mapping | None], log: Callable[[str], None] = say
-             ) -> dict:
+def run_step(root: Path, step: str, action: Callable[[Path], Mapping | None], log: Callable[[str], None] = say,
+             products: Sequence[Path] = (), must_match: Sequence[str] = ()) -> dict:
     """Run ``action(log_file)`` unless the step's marker exists; write the marker (with the action's result, the
-    seconds and the finish time) atomically afterwards and return its content."""
+    seconds and the finish time) atomically afterwards and return its content.
+
+    ``products``: files later steps need. When the marker exists but one of them does not (a result folder restored
+    from its record, :mod:`nnunet_unpaired.benchmark.archive`), the step runs again, and the keys ``must_match`` of
+    its result must equal the recorded ones (UserError otherwise: the recorded runs used other products)."""
     marker = marker_path(root, step)
-    if marker.is_file():
-        data = json.loads(marker.read_text())
-        log(f"[skip] {step} (finished {data.get('finished')}, took {data.get('seconds', 0):.0f} s)")
-        return data
+    previous = json.loads(marker.read_text()) if marker.is_file() else None
+    missing = [p for p in products if not Path(p).exists()]
+    if previous is not None and not missing:
+        log(f"[skip] {step} (finished {previous.get('finished')}, took {previous.get('seconds', 0):.0f} s)")
+        return previous
+    if previous is not None:
+        log(f"[redo] {step}: finished {previous.get('finished')}, but {missing[0]} is missing (a result folder "
+            f"restored from its record); running it again")
     log(f"[start] {step}  ({now()})")
     log_file = root / "logs" / f"{step}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +69,15 @@ def run_step(root: Path, step: str, action: Callable[[Path], Mapping | None], lo
     seconds = time.perf_counter() - start
     data = {"step": step, **result, "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu_start,
             "load_average": [load_start, os.getloadavg()[0]], "finished": now()}
+    if previous is not None:
+        differ = [k for k in must_match if json.loads(json.dumps(data.get(k))) != previous.get(k)]
+        if differ:
+            raise UserError(f"step {step} was redone in {root} (its products were missing) and gave another result "
+                            f"than the recorded one: " + "; ".join(f"{k}: {previous.get(k)!r} recorded, "
+                                                                   f"{data.get(k)!r} now" for k in differ)
+                            + ". The recorded runs were trained on the old one: start the benchmark over (--restart "
+                              "or another --date) or rerun on the machine and software that recorded it.")
+        data["redone"] = [*previous.get("redone", []), previous.get("finished")]
     write_json_atomic(marker, data)
     log(f"[done] {step} in {seconds:.0f} s")
     return data

@@ -49,9 +49,12 @@ def train_run(ctx: Context, method: Method, run: str, dataset: Dataset, fold: st
 
 
 def require_checkpoints(ctx: Context, method: Method, models: Sequence[ModelRef], fold: str) -> None:
+    """Every model is there, except one whose test cases were predicted already (a result folder restored from its
+    record, :mod:`nnunet_unpaired.benchmark.archive`: its numbers come from the record)."""
     for model in models:
         checkpoint = ctx.model_folder(model.dataset, model.trainer, fold) / "checkpoint_final.pth"
-        if not checkpoint.is_file():
+        predicted = steps.marker_path(ctx.run_root, f"predict__{method.name}__{model.dataset.name}__fold_{fold}")
+        if not checkpoint.is_file() and not predicted.is_file():
             raise UserError(f"method {method.name!r}: training finished but {checkpoint} is missing. Look into "
                             f"{ctx.run_root / 'logs'}; rerun with --restart if the folder was changed by hand.")
 

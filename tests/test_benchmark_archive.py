@@ -1,0 +1,131 @@
+"""A benchmark's record (``--archive``): which files it keeps, how it is restored, the loss curves of a model that is
+gone, and the steps that are redone on a restored result folder (and must give the recorded result). The phantom
+benchmark resumed from its record alone is in test_benchmark_harness's end-to-end test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_unpaired.benchmark import archive, costs, training_runs
+from nnunet_unpaired.benchmark.config import BenchmarkSpec, Context, Dataset, ModelRef, RunOptions
+from nnunet_unpaired.benchmark.registry import Method
+from nnunet_unpaired.benchmark.steps import run_step, write_json_atomic
+from nnunet_unpaired.errors import UserError
+
+MODEL = Path("nnunet/nnUNet_results/Dataset1_A/nnUNetTrainer__nnUNetPlans__2d/fold_0")
+
+
+def _result(tmp_path: Path) -> Path:
+    """A result folder as the harness leaves it: record files beside the rebuilt trees."""
+    result = tmp_path / "result"
+    files = {
+        "benchmark.json": "{}", "results.md": "# results",
+        "s/steps/plan.json": "{}", "s/logs/plan.log": "planned",
+        "s/seed_0/steps/train__v.json": "{}", "s/seed_0/timing/v.json": "{}", "s/seed_0/metrics/v.csv": "a,b",
+        "s/seed_0/mechanism/joint__fold_0.json": "{}",
+        # rebuilt: never in the record
+        "s/nnunet/nnUNet_preprocessed/Dataset1_A/nnUNetPlans.json": "{}",
+        f"s/seed_0/{MODEL}/progress.png": "png", "s/seed_0/predictions/v/case.nii.gz": "img",
+        "s/report/results.csv": "a", "phantom_raw/Dataset1_A/dataset.json": "{}",
+        "s/seed_0/steps/.train__w.json.tmp123": "half-written",
+    }
+    for name, text in files.items():
+        (result / name).parent.mkdir(parents=True, exist_ok=True)
+        (result / name).write_text(text)
+    return result
+
+
+def _record(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_save_keeps_the_small_files_only_and_restore_fills_gaps_without_overwriting(tmp_path):
+    result, record = _result(tmp_path), tmp_path / "record"
+    assert archive.save(result, record, log=lambda _: None) == 8
+    assert _record(record) == {"benchmark.json", "results.md", "s/steps/plan.json", "s/logs/plan.log",
+                               "s/seed_0/steps/train__v.json", "s/seed_0/timing/v.json", "s/seed_0/metrics/v.csv",
+                               "s/seed_0/mechanism/joint__fold_0.json"}
+    assert archive.save(result, record, log=lambda _: None) == 0  # unchanged: nothing copied again
+    (result / "s/logs/plan.log").write_text("planned again")
+    assert archive.save(result, record, log=lambda _: None) == 1
+    assert (record / "s/logs/plan.log").read_text() == "planned again"
+
+    fresh = tmp_path / "fresh"
+    (fresh / "s/logs").mkdir(parents=True)
+    (fresh / "s/logs/plan.log").write_text("this machine's log")
+    assert archive.restore(record, fresh, log=lambda _: None) == 7
+    assert (fresh / "s/logs/plan.log").read_text() == "this machine's log"  # never overwritten
+    assert (fresh / "s/seed_0/metrics/v.csv").read_text() == "a,b"
+    assert archive.restore(tmp_path / "absent", fresh, log=lambda _: None) == 0
+
+
+def _context(tmp_path: Path) -> Context:
+    spec = BenchmarkSpec(datasets=("Dataset1_A", "Dataset2_B"), configuration="2d", epochs=1, iters=1, val_iters=1,
+                         no_mirroring=True, max_features=8, batch_size=2)
+    a = Dataset("Dataset1_A", 1, tmp_path / "raw_a", {"x": 1})
+    b = Dataset("Dataset2_B", 2, tmp_path / "raw_b", {"x": 1})
+    return Context(spec, RunOptions(output=tmp_path), tmp_path / "result", "s", None, a, b, "cpu",
+                   lambda _: None, seed=0)
+
+
+def test_loss_curves_come_from_the_record_when_the_model_is_gone(tmp_path):
+    ctx = _context(tmp_path)
+    model = ModelRef(ctx.a, "nnUNetTrainer", "vanilla__Dataset1_A__fold_0")
+    folder = ctx.model_folder(ctx.a, "nnUNetTrainer", "0")
+    folder.mkdir(parents=True)
+    # as nnU-Net logs: numpy numbers, and a list per epoch for the per-class Dice
+    logging = {"train_losses": [np.float32(0.9), 0.5], "val_losses": [np.float64(0.8), 0.6],
+               "dice_per_class_or_region": [[np.float64(0.1), 0.2], [0.3, 0.4]]}
+    torch.save({"logging": logging, "network_weights": {}}, folder / "checkpoint_final.pth")
+    assert costs.training_logging(ctx, model, "0") == logging
+    plain = {"train_losses": [pytest.approx(0.9), 0.5], "val_losses": [0.8, 0.6],
+             "dice_per_class_or_region": [[0.1, 0.2], [0.3, 0.4]]}
+
+    written = archive.extract_logging(ctx.result)
+    assert written == [archive.logging_file(ctx.run_root, folder)]
+    assert archive.extract_logging(ctx.result) == []  # up to date: not read again
+    (folder / "checkpoint_final.pth").unlink()
+    assert costs.training_logging(ctx, model, "0") == plain  # from the record
+    written[0].unlink()
+    with pytest.raises(UserError, match="checkpoint_final.pth is missing and the record has no"):
+        costs.training_logging(ctx, model, "0")
+
+
+def test_a_missing_model_is_an_error_unless_its_predictions_were_recorded(tmp_path):
+    ctx = _context(tmp_path)
+    method = Method(name="vanilla", trainer="nnUNetTrainer", kind="single", description="")
+    model = ModelRef(ctx.a, "nnUNetTrainer", "vanilla__Dataset1_A__fold_0")
+    with pytest.raises(UserError, match="training finished but .*checkpoint_final.pth is missing"):
+        training_runs.require_checkpoints(ctx, method, [model], "0")
+    write_json_atomic(ctx.run_root / "steps" / "predict__vanilla__Dataset1_A__fold_0.json", {"cases": 2})
+    training_runs.require_checkpoints(ctx, method, [model], "0")  # restored: the record has its numbers
+
+
+def test_a_step_whose_products_are_missing_is_redone_and_must_give_the_recorded_result(tmp_path):
+    product, calls, lines = tmp_path / "plans.json", [], []
+
+    def plan(patch):
+        def action(log_file: Path) -> dict:
+            calls.append(patch)
+            product.write_text("{}")
+            return {"patch_size": patch, "other": len(calls)}
+        return action
+
+    first = run_step(tmp_path, "plan", plan([64, 64]), lines.append, products=[product], must_match=("patch_size",))
+    run_step(tmp_path, "plan", plan([64, 64]), lines.append, products=[product], must_match=("patch_size",))
+    assert len(calls) == 1  # products there: skipped
+    product.unlink()
+    redone = run_step(tmp_path, "plan", plan([64, 64]), lines.append, products=[product],
+                      must_match=("patch_size",))
+    assert len(calls) == 2 and redone["other"] == 2 and redone["redone"] == [first["finished"]]
+    assert any(line.startswith("[redo] plan") and "plans.json is missing" in line for line in lines)
+    product.unlink()
+    with pytest.raises(UserError, match=r"patch_size: \[64, 64\] recorded, \[32, 64\] now"):
+        run_step(tmp_path, "plan", plan([32, 64]), lines.append, products=[product], must_match=("patch_size",))
+    marker = json.loads((tmp_path / "steps" / "plan.json").read_text())
+    assert marker["patch_size"] == [64, 64]  # the recorded marker is kept
