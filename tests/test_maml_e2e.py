@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,20 @@ def test_cli_refuses_an_empty_available_list_and_a_missing_model(tmp_path, capsy
 # ---------------------------------------------------------------- end to end (slow)
 
 
+#: what ``nnUNetv2_plan_and_preprocess -d ID -c 2d -np 1`` does, through nnU-Net's API, with 10^6 instead of 10^8
+#: foreground intensity draws for the fingerprint (plan_pair.sampled_fingerprint_extractor): on 4 small phantom
+#: cases nearly all draws repeat voxels, and the 10^8 draws of 3 channels cost about 25 s of this test
+PLAN_WITH_FEWER_DRAWS = """
+from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset, plan_experiments,
+                                                                   preprocess)
+from nnunet_unpaired.plan_pair import SMALL_DATASET_FINGERPRINT_SAMPLES, sampled_fingerprint_extractor
+extract_fingerprint_dataset({dataset_id}, sampled_fingerprint_extractor(SMALL_DATASET_FINGERPRINT_SAMPLES), 1,
+                            check_dataset_integrity=True, clean=True, verbose=False, show_progress_bar=False)
+plan_experiments([{dataset_id}])
+preprocess([{dataset_id}], configurations=("2d",), num_processes=(1,), show_progress_bar=False)
+"""
+
+
 def _run(args, env, timeout=400):
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
     command = " ".join(map(str, args))
@@ -187,7 +202,7 @@ def trained_model(tmp_path_factory):
     raw = write_multichannel_phantom(dirs["nnUNet_raw"], DATASET_ID, NAME, num_cases=4, num_test_cases=2,
                                      num_channels=CHANNELS, seed=0)
     # nnUNet_n_proc_DA=0 breaks the planner (torch.set_num_threads(0)), so planning runs with 1
-    _run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-npfp", "1", "-np", "1"], env)
+    _run([sys.executable, "-c", PLAN_WITH_FEWER_DRAWS.format(dataset_id=DATASET_ID)], env)
     shrink_plans(dirs["nnUNet_preprocessed"] / f"Dataset{DATASET_ID:03d}_{NAME}" / "nnUNetPlans.json", "2d",
                  features=(16, 32, 64), batch_size=4)
     env.update({"nnUNet_n_proc_DA": "0", "nnUNet_unpaired_epochs": "3", "nnUNet_unpaired_iters": "40",
