@@ -70,7 +70,8 @@ def run_step(root: Path, step: str, action: Callable[[Path], Mapping | None], lo
     data = {"step": step, **result, "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu_start,
             "load_average": [load_start, os.getloadavg()[0]], "finished": now()}
     if previous is not None:
-        differ = [k for k in must_match if json.loads(json.dumps(data.get(k))) != previous.get(k)]
+        # keys the recorded marker lacks (written by an older version) cannot be compared
+        differ = [k for k in must_match if k in previous and json.loads(json.dumps(data.get(k))) != previous[k]]
         if differ:
             raise UserError(f"step {step} was redone in {root} (its products were missing) and gave another result "
                             f"than the recorded one: " + "; ".join(f"{k}: {previous.get(k)!r} recorded, "
