@@ -28,9 +28,13 @@ def _result(tmp_path: Path) -> Path:
         "s/steps/plan.json": "{}", "s/logs/plan.log": "planned",
         "s/seed_0/steps/train__v.json": "{}", "s/seed_0/timing/v.json": "{}", "s/seed_0/metrics/v.csv": "a,b",
         "s/seed_0/mechanism/joint__fold_0.json": "{}",
+        # the small files of a model folder
+        f"s/seed_0/{MODEL}/training_log.txt": "epoch 0", f"s/seed_0/{MODEL}/progress.png": "png",
+        f"s/seed_0/{MODEL.parent}/plans.json": "{}",
         # rebuilt: never in the record
-        "s/nnunet/nnUNet_preprocessed/Dataset1_A/nnUNetPlans.json": "{}",
-        f"s/seed_0/{MODEL}/progress.png": "png", "s/seed_0/predictions/v/case.nii.gz": "img",
+        "s/nnunet/nnUNet_preprocessed/Dataset1_A/nnUNetPlans.json": "{}", "s/nnunet/nnUNet_raw/Dataset1_A": "link",
+        f"s/seed_0/{MODEL}/checkpoint_final.pth": "model", f"s/seed_0/{MODEL}/validation/case.nii.gz": "img",
+        "s/seed_0/predictions/v/case.nii.gz": "img",
         "s/report/results.csv": "a", "phantom_raw/Dataset1_A/dataset.json": "{}",
         "s/seed_0/steps/.train__w.json.tmp123": "half-written",
     }
@@ -46,10 +50,12 @@ def _record(folder: Path) -> set[str]:
 
 def test_save_keeps_the_small_files_only_and_restore_fills_gaps_without_overwriting(tmp_path):
     result, record = _result(tmp_path), tmp_path / "record"
-    assert archive.save(result, record, log=lambda _: None) == 8
+    (result / f"s/seed_0/{MODEL}/checkpoint_final.pth").unlink()  # not a real checkpoint: no loss curves to extract
+    assert archive.save(result, record, log=lambda _: None) == 11
     assert _record(record) == {"benchmark.json", "results.md", "s/steps/plan.json", "s/logs/plan.log",
                                "s/seed_0/steps/train__v.json", "s/seed_0/timing/v.json", "s/seed_0/metrics/v.csv",
-                               "s/seed_0/mechanism/joint__fold_0.json"}
+                               "s/seed_0/mechanism/joint__fold_0.json", f"s/seed_0/{MODEL}/training_log.txt",
+                               f"s/seed_0/{MODEL}/progress.png", f"s/seed_0/{MODEL.parent}/plans.json"}
     assert archive.save(result, record, log=lambda _: None) == 0  # unchanged: nothing copied again
     (result / "s/logs/plan.log").write_text("planned again")
     assert archive.save(result, record, log=lambda _: None) == 1
@@ -58,7 +64,7 @@ def test_save_keeps_the_small_files_only_and_restore_fills_gaps_without_overwrit
     fresh = tmp_path / "fresh"
     (fresh / "s/logs").mkdir(parents=True)
     (fresh / "s/logs/plan.log").write_text("this machine's log")
-    assert archive.restore(record, fresh, log=lambda _: None) == 7
+    assert archive.restore(record, fresh, log=lambda _: None) == 10
     assert (fresh / "s/logs/plan.log").read_text() == "this machine's log"  # never overwritten
     assert (fresh / "s/seed_0/metrics/v.csv").read_text() == "a,b"
     assert archive.restore(tmp_path / "absent", fresh, log=lambda _: None) == 0
@@ -134,3 +140,27 @@ def test_a_step_whose_products_are_missing_is_redone_and_must_give_the_recorded_
     product.unlink()
     assert run_step(tmp_path, "plan", plan([32, 64]), lines.append, products=[product],
                     must_match=("patch_size",))["patch_size"] == [32, 64]
+
+
+def test_a_recorded_training_runs_again_only_while_a_later_step_still_needs_its_model(tmp_path, monkeypatch):
+    """Restored: train markers but no models. Not yet predicted: the model is needed, so it trains again; predicted:
+    nothing trains (the record has its numbers)."""
+    ctx = _context(tmp_path)
+    method = Method(name="vanilla", trainer="nnUNetTrainer", kind="single", description="")
+    commands = []
+
+    def fake_train(cmd, env, log_file, log):
+        commands.append(cmd[1])
+        folder = ctx.model_folder(ctx.a if cmd[1] == ctx.a.name else ctx.b, "nnUNetTrainer", "0")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "checkpoint_final.pth").write_text("model")
+
+    monkeypatch.setattr(training_runs.steps, "run_command", fake_train)
+    for dataset in (ctx.a, ctx.b):
+        write_json_atomic(ctx.run_root / "steps" / f"train__vanilla__{dataset.name}__fold_0.json", {"seconds": 1})
+    write_json_atomic(ctx.run_root / "steps" / "predict__vanilla__Dataset1_A__fold_0.json", {"cases": 2})
+    models = training_runs.train_method(ctx, method, "0")
+    assert commands == ["Dataset2_B"]  # A was predicted: not trained again; B's model is needed
+    assert [m.dataset.name for m in models] == ["Dataset1_A", "Dataset2_B"]
+    marker = json.loads((ctx.run_root / "steps" / "train__vanilla__Dataset2_B__fold_0.json").read_text())
+    assert "redone" in marker

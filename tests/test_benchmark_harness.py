@@ -339,11 +339,14 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     started = [line.split()[1] for line in lines if line.startswith("[start]")]
     assert started == ["phantom", "plan", "splits"], lines  # rebuilt (their products are missing), nothing else
     assert len([line for line in lines if line.startswith("[redo]")]) == 3
-    assert not (other / "scarce-b2" / "seed_0" / "nnunet" / "nnUNet_results").exists()  # no model trained
+    assert not list(other.rglob("*.pth"))  # no model trained
     assert (other / "scarce-b2" / "report" / "results.csv").read_text() == csv_text
     assert (other / "scarce-b2" / "report" / "costs.csv").read_text() == costs_text
     assert (other / "scarce-b2" / "report" / "training_loss_Dataset902_PhantomMR.png").stat().st_size > 0
-    assert (other / "results.md").read_text().split("## ", 1)[1] == summary.split("## ", 1)[1]
+    def numbers(text: str) -> list[str]:  # the summary without the folder and the steps' wall time (plan redone)
+        return [line for line in text.split("## ", 1)[1].splitlines() if not line.startswith("Wall time")]
+
+    assert numbers((other / "results.md").read_text()) == numbers(summary)
 
 
 def test_update_docs_replaces_only_the_marked_section(tmp_path):

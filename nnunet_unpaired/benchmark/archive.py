@@ -4,7 +4,8 @@ a long benchmark can continue on another machine.
 A result folder holds two kinds of things: what is large and can be rebuilt (the nnU-Net tree with the preprocessed
 data and the models, the predictions, the phantom's images) and what is small and cannot (the step markers with
 their times and loads, the logs, the per-iteration timing, the per-case metrics, the class-feature measurements, the
-training-loss curves). The record is the second kind. :func:`save` copies it out after every method (and the loss
+training-loss curves, the small files of each model folder: nnU-Net's training log, the plans copy with the settings a
+trainer recorded, GLUA's translation records). The record is the second kind. :func:`save` copies it out after every method (and the loss
 curves out of each finished model's ``checkpoint_final.pth`` into ``training_logging/``, which the report reads when the
 model itself is gone); :func:`restore` copies it back into an empty or partial result folder before the benchmark
 resumes there. Then:
@@ -30,8 +31,12 @@ from pathlib import Path
 
 from nnunet_unpaired.benchmark.config import say
 
-#: folders of a result folder that are large and can be rebuilt: never part of the record
-REBUILT = frozenset({"nnunet", "predictions", "phantom_raw", "phantom_multichannel_raw", "report"})
+#: folders of a result folder that are large and can be rebuilt: never part of the record. Of the nnU-Net tree only
+#: the model folders' small files are kept (logs, plans copies, GLUA's translation records), not the models
+REBUILT = frozenset({"predictions", "phantom_raw", "phantom_multichannel_raw", "report", "nnUNet_raw",
+                     "nnUNet_preprocessed", "validation"})
+#: files never kept: models, images, arrays
+REBUILT_SUFFIXES = (".pth", ".nii.gz", ".nii", ".npz", ".npy", ".b2nd", ".pkl", ".mha", ".nrrd")
 #: where a finished model's training-loss curves (``checkpoint['logging']``) are kept, per seed folder
 LOGGING_FOLDER = "training_logging"
 
@@ -41,7 +46,8 @@ def _record_files(root: Path) -> Iterator[Path]:
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in REBUILT and not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith("."):  # a temporary file of an atomic write
+            # a name starting with "." is the temporary file of an atomic write
+            if not name.startswith(".") and not name.endswith(REBUILT_SUFFIXES):
                 yield (Path(folder) / name).relative_to(root)
 
 

@@ -52,7 +52,7 @@ from nnunet_unpaired.benchmark.prediction import predict
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import marker_path, run_step, write_json_atomic
 from nnunet_unpaired.benchmark.summary import setting_summary
-from nnunet_unpaired.benchmark.training_runs import train_method, train_run
+from nnunet_unpaired.benchmark.training_runs import predicted, require_checkpoints, train_method, train_run
 from nnunet_unpaired.errors import UserError
 
 BASELINE = report.BASELINE
@@ -176,7 +176,8 @@ def prepare_setting_data(inp: ExperimentInput, setting: SemiSetting, root: Path)
         log_file.write_text("\n".join(lines) + "\n")
         return info
 
-    data = run_step(root, "data", action, inp.log)
+    # the copies are rebuilt (seeded: the same choice) for a result folder restored from its record
+    data = run_step(root, "data", action, inp.log, products=[raw / names["a"], raw / names["b"]])
     for key in ("a", "b"):
         record = json.loads((raw / names[key] / "dataset.json").read_text())[MARKER_KEY]
         if record["labelled"] != data[key]["labelled"]:
@@ -208,14 +209,11 @@ def write_method_splits(ctx: Context, method: Method) -> dict[str, list[dict[str
 def train_semi(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
     """A ``semi`` method: one run on A with partner B (from plan-pair) that writes the model folders of both."""
     run = f"{method.name}__fold_{fold}"
-    train_run(ctx, method, run, ctx.a, fold)
+    train_run(ctx, method, run, ctx.a, fold,
+              model_needed=not all(predicted(ctx, method, d, fold) for d in (ctx.a, ctx.b)))
     models = [ModelRef(ctx.a, method.trainer, run, "train_seg_A", None),
               ModelRef(ctx.b, method.trainer, run, "train_seg_B", None)]
-    for model in models:
-        checkpoint = ctx.model_folder(model.dataset, model.trainer, fold) / "checkpoint_final.pth"
-        if not checkpoint.is_file():
-            raise UserError(f"method {method.name!r}: training finished but {checkpoint} is missing. Look into "
-                            f"{ctx.run_root / 'logs'}; rerun with --restart if the folder was changed by hand.")
+    require_checkpoints(ctx, method, models, fold)
     return models
 
 

@@ -22,11 +22,19 @@ def timing_files(ctx: Context, run: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if re.fullmatch(re.escape(run) + r"(\.resume\d+)?\.json", p.name))
 
 
-def train_run(ctx: Context, method: Method, run: str, dataset: Dataset, fold: str) -> dict:
+def predicted(ctx: Context, method: Method, dataset: Dataset, fold: str) -> bool:
+    """Whether the test cases of ``dataset`` were predicted with ``method``'s model (its step marker exists)."""
+    return steps.marker_path(ctx.run_root, f"predict__{method.name}__{dataset.name}__fold_{fold}").is_file()
+
+
+def train_run(ctx: Context, method: Method, run: str, dataset: Dataset, fold: str, model_needed: bool = True
+              ) -> dict:
     """``nnUNetv2_train <dataset> <configuration> <fold> -tr <trainer>`` with the shared budget and timing.
 
     A run interrupted before its marker was written continues from its latest checkpoint (``--c``); its iteration
-    times then come from both attempts (one timing file each).
+    times then come from both attempts (one timing file each). ``model_needed``: a later step still needs the model,
+    so a finished run whose ``checkpoint_final.pth`` is missing (a result folder restored from its record,
+    :mod:`nnunet_unpaired.benchmark.archive`) trains again; False when everything that reads the model is done.
     """
 
     def action(log_file: Path) -> dict:
@@ -45,7 +53,8 @@ def train_run(ctx: Context, method: Method, run: str, dataset: Dataset, fold: st
         steps.run_command(cmd, env, log_file, ctx.log)
         return {"method": method.name, "dataset": dataset.name, "fold": fold, "resumed": resume}
 
-    return run_step(ctx.run_root, f"train__{run}", action, ctx.log)
+    products = [ctx.model_folder(dataset, method.trainer, fold) / "checkpoint_final.pth"] if model_needed else []
+    return run_step(ctx.run_root, f"train__{run}", action, ctx.log, products=products)
 
 
 def require_checkpoints(ctx: Context, method: Method, models: Sequence[ModelRef], fold: str) -> None:
@@ -53,8 +62,7 @@ def require_checkpoints(ctx: Context, method: Method, models: Sequence[ModelRef]
     record, :mod:`nnunet_unpaired.benchmark.archive`: its numbers come from the record)."""
     for model in models:
         checkpoint = ctx.model_folder(model.dataset, model.trainer, fold) / "checkpoint_final.pth"
-        predicted = steps.marker_path(ctx.run_root, f"predict__{method.name}__{model.dataset.name}__fold_{fold}")
-        if not checkpoint.is_file() and not predicted.is_file():
+        if not checkpoint.is_file() and not predicted(ctx, method, model.dataset, fold):
             raise UserError(f"method {method.name!r}: training finished but {checkpoint} is missing. Look into "
                             f"{ctx.run_root / 'logs'}; rerun with --restart if the folder was changed by hand.")
 
@@ -64,7 +72,7 @@ def train_single(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
     models = []
     for dataset in (ctx.a, ctx.b):
         run = f"{method.name}__{dataset.name}__fold_{fold}"
-        train_run(ctx, method, run, dataset, fold)
+        train_run(ctx, method, run, dataset, fold, model_needed=not predicted(ctx, method, dataset, fold))
         models.append(ModelRef(dataset, method.trainer, run))
     return models
 
@@ -76,7 +84,10 @@ def train_unpaired(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
     ``train_seg_B``, logged by the joint trainer and its subclasses); no per-modality validation loss exists.
     """
     run = f"{method.name}__fold_{fold}"
-    train_run(ctx, method, run, ctx.a, fold)
+    measured = not ctx.options.mechanism or steps.marker_path(ctx.run_root, f"mechanism__{method.name}__fold_{fold}"
+                                                              ).is_file()
+    done = measured and all(predicted(ctx, method, d, fold) for d in (ctx.a, ctx.b))
+    train_run(ctx, method, run, ctx.a, fold, model_needed=not done)
     return [ModelRef(ctx.a, method.trainer, run, "train_seg_A", None),
             ModelRef(ctx.b, method.trainer, run, "train_seg_B", None)]
 

@@ -39,7 +39,7 @@ from nnunet_unpaired.benchmark.prediction import predict
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import marker_path
 from nnunet_unpaired.benchmark.summary import setting_summary
-from nnunet_unpaired.benchmark.training_runs import require_checkpoints, timing_files, train_run
+from nnunet_unpaired.benchmark.training_runs import predicted, require_checkpoints, timing_files, train_run
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.training import interface
 
@@ -156,11 +156,12 @@ def train_uda_method(ctx: Context, method: Method, fold: str) -> ModelRef:
     """
     if method.name == UPPER_BOUND:
         run = vanilla_run(ctx, fold)
-        train_run(ctx, method, run, ctx.b, fold)
+        train_run(ctx, method, run, ctx.b, fold, model_needed=not predicted(ctx, method, ctx.b, fold))
         model = ModelRef(ctx.b, method.trainer, run)
     else:
         run = method_run(method, fold)
-        train_run(ctx, with_stage_checkpoint(ctx, method, fold), run, ctx.a, fold)
+        train_run(ctx, with_stage_checkpoint(ctx, method, fold), run, ctx.a, fold,
+                  model_needed=not predicted(ctx, method, ctx.b, fold))
         # the stage-2 trainers log the segmentation term on its own ("train_seg"); their "train_losses" adds the
         # alignment term. The validation loss of these trainers is the SOURCE's: not shown for the target.
         own_step = method.trainer in interface.USES_TARGET_IMAGES
@@ -186,7 +187,9 @@ def run_direction(inp: ExperimentInput, direction: str, methods: Sequence[Method
         for fold in inp.options.folds:
             for method in methods:
                 stage = prerequisite(method)
-                if stage is not None and (stage.trainer, fold, seed) not in stages:
+                # stage 1's model is needed only by a stage 2 still to train (not by a restored, predicted one)
+                if (stage is not None and (stage.trainer, fold, seed) not in stages
+                        and not predicted(run_ctx, method, ctx.b, fold)):
                     ctx.log(f"    {method.name} needs {stage.trainer} (stage 1) first")
                     stages[(stage.trainer, fold, seed)] = train_stage(run_ctx, stage, fold)
                 model = train_uda_method(run_ctx, method, fold)
