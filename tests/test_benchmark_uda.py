@@ -79,7 +79,9 @@ class FakeNNUNet:
                     (pre / dataset / "gt_segmentations" / f"case_{i}.nii.gz").write_bytes(b"")
             conf = {"batch_size": 2, "patch_size": [32, 32], "architecture": {"arch_kwargs": {
                 "features_per_stage": [4, 8]}}}
-            (pre / source / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"2d": conf}}))
+            for dataset in (source, target):  # plan-pair writes both plans and both data folders
+                (pre / dataset / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"2d": conf}}))
+                (pre / dataset / "nnUNetPlans_2d").mkdir()
         elif name == "nnUNetv2_train":
             dataset, configuration, fold, trainer = cmd[1], cmd[2], cmd[3], cmd[cmd.index("-tr") + 1]
             if trainer in ("nnUNetTrainerGLUA", "nnUNetTrainerGLUAGlobalOnly"):
