@@ -5,10 +5,10 @@ A result folder holds two kinds of things: what is large and can be rebuilt (the
 data and the models, the predictions, the phantom's images) and what is small and cannot (the step markers with
 their times and loads, the logs, the per-iteration timing, the per-case metrics, the class-feature measurements, the
 training-loss curves, the small files of each model folder: nnU-Net's training log, the plans copy with the settings a
-trainer recorded, GLUA's translation records). The record is the second kind. :func:`save` copies it out after every method (and the loss
-curves out of each finished model's ``checkpoint_final.pth`` into ``training_logging/``, which the report reads when the
-model itself is gone); :func:`restore` copies it back into an empty or partial result folder before the benchmark
-resumes there. Then:
+trainer recorded, GLUA's translation records). The record is the second kind. :func:`save` copies it out after every
+method (and the loss curves out of each finished model's ``checkpoint_final.pth`` into ``training_logging/``, which the
+report reads when the model itself is gone); :func:`restore` copies it back into an empty or partial result folder
+before the benchmark resumes there. Then:
 
 - runs whose steps finished are not trained, predicted or evaluated again: their numbers come from the record;
 - steps whose products are needed again (the phantom's images, the plan and preprocessing, the splits) rerun because
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nnunet_unpaired.benchmark.config import say
+from nnunet_unpaired.benchmark.steps import write_json_atomic
 
 #: folders of a result folder that are large and can be rebuilt: never part of the record. Of the nnU-Net tree only
 #: the model folders' small files are kept (logs, plans copies, GLUA's translation records), not the models
@@ -76,17 +77,17 @@ def extract_logging(result: Path) -> list[Path]:
     import torch
 
     written = []
-    for checkpoint in sorted(result.glob("**/nnunet/nnUNet_results/*/*/fold_*/checkpoint_final.pth")):
+    # a run root is a setting's folder or one seed's folder in it (config.Context.run_root): no walk through the
+    # preprocessed data
+    checkpoints = [c for pattern in ("*", "*/seed_*")
+                   for c in result.glob(f"{pattern}/nnunet/nnUNet_results/*/*/fold_*/checkpoint_final.pth")]
+    for checkpoint in sorted(checkpoints):
         run_root = checkpoint.parents[5]
         target = logging_file(run_root, checkpoint.parent)
         if target.is_file() and target.stat().st_mtime >= checkpoint.stat().st_mtime:
             continue
         logging = torch.load(checkpoint, map_location="cpu", weights_only=False).get("logging", {})
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(logging, default=_plain))
-        os.replace(tmp, target)
-        written.append(target)
+        written.append(write_json_atomic(target, json.loads(json.dumps(logging, default=_plain))))
     return written
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from nnunet_unpaired.benchmark import archive
 from nnunet_unpaired.benchmark.config import Context, ModelRef, Trained, run_key
+from nnunet_unpaired.benchmark.prediction import predict_step
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import marker_path
 from nnunet_unpaired.benchmark.training_runs import timing_files
@@ -42,8 +43,8 @@ def collect_costs(ctx: Context, method: Method, models: Sequence[ModelRef], fold
     per_iteration, n_iterations = median_after_warmup(records)
     peaks = [r["peak_memory_mib"] for r in records if r.get("peak_memory_mib") is not None]
     kinds = sorted({r.get("peak_memory_kind", "") for r in records})
-    predicted = [json.loads(marker_path(ctx.run_root, f"predict__{method.name}__{m.dataset.name}__fold_{fold}")
-                            .read_text()) for m in models]
+    predicted = [json.loads(marker_path(ctx.run_root, predict_step(method.name, m.dataset, fold)).read_text())
+                 for m in models]
     cases = sum(p["cases"] for p in predicted)
     train_markers = [json.loads(marker_path(ctx.run_root, f"train__{run}").read_text()) for run in runs]
     return {"method": method.name, "fold": fold, "seconds_per_iteration": per_iteration,

@@ -32,6 +32,11 @@ DEFAULT_STAGE = -2  # the EAM's default decoder stage
 PROBE_SAMPLES_PER_CLASS = 2000
 
 
+def mechanism_step(method_name: str, fold: str) -> str:
+    """The name of the step that measures a method's class-feature agreement."""
+    return f"mechanism__{method_name}__fold_{fold}"
+
+
 def mechanism_file(ctx: Context, method: str, fold: str) -> Path:
     return ctx.run_root / "mechanism" / f"{method}__fold_{fold}.json"
 
@@ -240,7 +245,7 @@ def measure(ctx: Context, method: Method, models: Sequence[ModelRef], fold: str,
                 f"{result['agreement']:.3f}, probe A->B {result['probe_a_to_b']:.3f} (A->A {result['probe_a_to_a']:.3f})")
         return result
 
-    return run_step(ctx.run_root, f"mechanism__{method.name}__fold_{fold}", action, ctx.log)
+    return run_step(ctx.run_root, mechanism_step(method.name, fold), action, ctx.log)
 
 
 def mechanism_markdown(results: Sequence[Mapping]) -> list[str]:

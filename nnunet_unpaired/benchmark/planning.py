@@ -14,7 +14,7 @@ from nnunet_unpaired.plan_pair import SMALL_DATASET_FINGERPRINT_SAMPLES
 
 
 def plans_digest(path: Path) -> str:
-    """SHA-256 of a plans file's content (keys sorted): equal digests, equal plans, normalization statistics included."""
+    """SHA-256 of a plans file's content (keys sorted): equal digests, equal plans (normalization statistics too)."""
     return hashlib.sha256(json.dumps(json.loads(path.read_text()), sort_keys=True).encode()).hexdigest()
 
 
@@ -35,7 +35,7 @@ def plan(ctx: Context) -> dict:
             # a small synthetic dataset: nnU-Net's 10^8 intensity draws would mostly repeat voxels (plan_pair's doc)
             cmd += ["--fingerprint-samples", str(SMALL_DATASET_FINGERPRINT_SAMPLES)]
         steps.run_command(cmd, ctx.env(), log_file, ctx.log)
-        plans = json.loads((ctx.nnunet["nnUNet_preprocessed"] / ctx.a.name / f"{PLANS_NAME}.json").read_text())
+        plans = json.loads((preprocessed / ctx.a.name / f"{PLANS_NAME}.json").read_text())
         conf = plans["configurations"][ctx.spec.configuration]
         return {"batch_size": conf["batch_size"], "patch_size": conf["patch_size"], "spacing": conf.get("spacing"),
                 "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"],

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from nnunet_unpaired.benchmark import steps
-from nnunet_unpaired.benchmark.config import PLANS_NAME, Context, ModelRef
+from nnunet_unpaired.benchmark.config import PLANS_NAME, Context, Dataset, ModelRef
 from nnunet_unpaired.benchmark.data import test_cases
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import run_step, tool
@@ -15,6 +15,16 @@ from nnunet_unpaired.benchmark.steps import run_step, tool
 
 def prediction_folder(ctx: Context, method: Method, model: ModelRef, fold: str) -> Path:
     return ctx.run_root / "predictions" / method.name / model.dataset.name / f"fold_{fold}"
+
+
+def predict_step(method_name: str, dataset: Dataset, fold: str) -> str:
+    """The name of the step that predicts ``dataset``'s test cases with a method's model."""
+    return f"predict__{method_name}__{dataset.name}__fold_{fold}"
+
+
+def predicted(ctx: Context, method: Method, dataset: Dataset, fold: str) -> bool:
+    """Whether the test cases of ``dataset`` were predicted with ``method``'s model (its step marker exists)."""
+    return steps.marker_path(ctx.run_root, predict_step(method.name, dataset, fold)).is_file()
 
 
 def predict(ctx: Context, method: Method, model: ModelRef, fold: str) -> dict:
@@ -37,4 +47,4 @@ def predict(ctx: Context, method: Method, model: ModelRef, fold: str) -> dict:
         return {"method": method.name, "dataset": model.dataset.name, "fold": fold, "cases": len(cases),
                 "wall_seconds": seconds, "seconds_per_case": seconds / max(1, len(cases))}
 
-    return run_step(ctx.run_root, f"predict__{method.name}__{model.dataset.name}__fold_{fold}", action, ctx.log)
+    return run_step(ctx.run_root, predict_step(method.name, model.dataset, fold), action, ctx.log)

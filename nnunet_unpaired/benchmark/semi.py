@@ -48,11 +48,11 @@ from nnunet_unpaired.benchmark.config import Context, Dataset, ExperimentInput, 
 from nnunet_unpaired.benchmark.costs import collect_costs
 from nnunet_unpaired.benchmark.evaluation import evaluate, mean_dice, metrics_file
 from nnunet_unpaired.benchmark.planning import plan
-from nnunet_unpaired.benchmark.prediction import predict
+from nnunet_unpaired.benchmark.prediction import predict, predicted
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import marker_path, run_step, write_json_atomic
 from nnunet_unpaired.benchmark.summary import setting_summary
-from nnunet_unpaired.benchmark.training_runs import predicted, require_checkpoints, train_method, train_run
+from nnunet_unpaired.benchmark.training_runs import require_checkpoints, train_method, train_run
 from nnunet_unpaired.errors import UserError
 
 BASELINE = report.BASELINE

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from nnunet_unpaired.benchmark import steps
 from nnunet_unpaired.benchmark.config import PLANS_NAME, Context, Dataset, ModelRef
+from nnunet_unpaired.benchmark.mechanism import mechanism_step
+from nnunet_unpaired.benchmark.prediction import predicted
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import run_step, tool
 from nnunet_unpaired.errors import UserError
@@ -20,11 +22,6 @@ def timing_files(ctx: Context, run: str) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if re.fullmatch(re.escape(run) + r"(\.resume\d+)?\.json", p.name))
-
-
-def predicted(ctx: Context, method: Method, dataset: Dataset, fold: str) -> bool:
-    """Whether the test cases of ``dataset`` were predicted with ``method``'s model (its step marker exists)."""
-    return steps.marker_path(ctx.run_root, f"predict__{method.name}__{dataset.name}__fold_{fold}").is_file()
 
 
 def train_run(ctx: Context, method: Method, run: str, dataset: Dataset, fold: str, model_needed: bool = True
@@ -84,8 +81,7 @@ def train_unpaired(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
     ``train_seg_B``, logged by the joint trainer and its subclasses); no per-modality validation loss exists.
     """
     run = f"{method.name}__fold_{fold}"
-    measured = not ctx.options.mechanism or steps.marker_path(ctx.run_root, f"mechanism__{method.name}__fold_{fold}"
-                                                              ).is_file()
+    measured = not ctx.options.mechanism or steps.marker_path(ctx.run_root, mechanism_step(method.name, fold)).is_file()
     done = measured and all(predicted(ctx, method, d, fold) for d in (ctx.a, ctx.b))
     train_run(ctx, method, run, ctx.a, fold, model_needed=not done)
     return [ModelRef(ctx.a, method.trainer, run, "train_seg_A", None),

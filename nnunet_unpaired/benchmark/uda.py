@@ -35,11 +35,11 @@ from nnunet_unpaired.benchmark.costs import median_after_warmup
 from nnunet_unpaired.benchmark.data import link_raw, write_splits
 from nnunet_unpaired.benchmark.evaluation import evaluate, mean_dice, metrics_file
 from nnunet_unpaired.benchmark.planning import plan
-from nnunet_unpaired.benchmark.prediction import predict
+from nnunet_unpaired.benchmark.prediction import predict, predicted
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import marker_path
 from nnunet_unpaired.benchmark.summary import setting_summary
-from nnunet_unpaired.benchmark.training_runs import predicted, require_checkpoints, timing_files, train_run
+from nnunet_unpaired.benchmark.training_runs import require_checkpoints, timing_files, train_run
 from nnunet_unpaired.errors import UserError
 from nnunet_unpaired.training import interface
 
