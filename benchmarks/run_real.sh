@@ -5,7 +5,8 @@
 # cpu-real (default: 2D planned at 3.0 mm in-plane, hours on 2 CPU cores) or gpu-real (nnU-Net's own plans, one GPU;
 # CONFIG=3d_fullres for 3D). Reruns resume (finished steps are skipped, an interrupted training continues from its
 # checkpoint), so a run may span sessions: rerun the same command with the same BENCHMARK_DATE. The run's record
-# (markers, logs, timing, per-case metrics, loss curves; no images, no models) is kept in ARCHIVE (default
+# (markers, logs, timing, per-case metrics, loss curves, the latest checkpoint of an unfinished training; no images,
+# no finished models; saved every 10 minutes and after every method) is kept in ARCHIVE (default
 # benchmarks/results/<preset>-record, in this repository): commit it, and a rerun on another machine continues from it
 # (finished runs are not trained again; the plan and preprocessing are redone and must match the recorded plan).
 #
@@ -36,7 +37,8 @@ PRESET="${PRESET:-cpu-real}"
 CONFIG="${CONFIG:-2d}"
 "$PY" -m nnunet_unpaired.cli benchmark --preset "$PRESET" -c "$CONFIG" --pair 951 952 \
     --methods ${METHODS:-vanilla joint ummkd eam} --scarce-b 2 --no-full-label --seeds ${SEEDS:-0 1 2} \
-    --output "$OUT" --date "$DATE" --archive "${ARCHIVE:-$REPO/benchmarks/results/$PRESET-record}" "$@"
+    --output "$OUT" --date "$DATE" --archive "${ARCHIVE:-$REPO/benchmarks/results/$PRESET-record}" \
+    $([ "$PRESET" = cpu-real ] && echo --archive-checkpoints) "$@"
 
 RESULT="$OUT/Dataset951_AbdomenCT__Dataset952_AbdomenMR__${CONFIG}__$DATE"
 if [ "$PRESET" = cpu-real ]; then

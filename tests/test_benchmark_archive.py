@@ -164,3 +164,81 @@ def test_a_recorded_training_runs_again_only_while_a_later_step_still_needs_its_
     assert [m.dataset.name for m in models] == ["Dataset1_A", "Dataset2_B"]
     marker = json.loads((ctx.run_root / "steps" / "train__vanilla__Dataset2_B__fold_0.json").read_text())
     assert "redone" in marker
+
+
+def _checkpoint(path: Path, epoch: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"current_epoch": epoch, "network_weights": {"w": torch.full((3,), float(epoch))}}, path)
+
+
+def test_with_checkpoints_an_unfinished_training_travels_with_the_record_until_it_finishes(tmp_path):
+    result, record = tmp_path / "result", tmp_path / "record"
+    latest = result / "s" / "seed_0" / MODEL / archive.LATEST
+    _checkpoint(latest, 3)
+    assert archive.save(result, record, log=lambda _: None) == 0  # without checkpoints: none kept
+    assert archive.save(result, record, log=lambda _: None, checkpoints=True) == 1
+    kept = record / "s" / "seed_0" / MODEL / archive.LATEST
+    assert torch.load(kept, weights_only=False)["current_epoch"] == 3
+    assert archive.save(result, record, log=lambda _: None, checkpoints=True) == 0  # unchanged: not copied again
+    _checkpoint(latest, 4)
+    assert archive.save(result, record, log=lambda _: None, checkpoints=True) == 1
+    assert torch.load(kept, weights_only=False)["current_epoch"] == 4
+
+    # a new machine: the checkpoint comes back and the training continues from it (train_run passes --c)
+    fresh = tmp_path / "fresh"
+    archive.restore(record, fresh, log=lambda _: None)
+    assert torch.load(fresh / "s" / "seed_0" / MODEL / archive.LATEST, weights_only=False)["current_epoch"] == 4
+    # a folder that already has a checkpoint keeps its own; one whose training finished gets none
+    _checkpoint(fresh / "s" / "seed_0" / MODEL / archive.LATEST, 9)
+    other = tmp_path / "other"
+    (other / "s" / "seed_0" / MODEL).mkdir(parents=True)
+    (other / "s" / "seed_0" / MODEL / archive.FINAL).write_text("final")
+    archive.restore(record, fresh, log=lambda _: None)
+    archive.restore(record, other, log=lambda _: None)
+    assert torch.load(fresh / "s" / "seed_0" / MODEL / archive.LATEST, weights_only=False)["current_epoch"] == 9
+    assert not (other / "s" / "seed_0" / MODEL / archive.LATEST).exists()
+
+    # the training finishes: its checkpoint leaves the record (its numbers are there now)
+    _checkpoint(result / "s" / "seed_0" / MODEL / archive.FINAL, 30)
+    archive.save(result, record, log=lambda _: None, checkpoints=True)
+    assert not kept.exists()
+    assert (record / "s" / "seed_0" / "training_logging" / MODEL.relative_to("nnunet/nnUNet_results")
+            ).with_suffix(".json").is_file()
+
+
+def test_a_checkpoint_caught_half_written_is_not_recorded(tmp_path):
+    source, target = tmp_path / "latest.pth", tmp_path / "record" / "latest.pth"
+    _checkpoint(source, 1)
+    source.write_bytes(source.read_bytes()[:-40])  # nnU-Net's torch.save interrupted by the copy
+    assert not archive._copy_checkpoint(source, target)
+    assert not target.exists() and not list(target.parent.iterdir())  # nor its temporary file
+    _checkpoint(source, 2)
+    assert archive._copy_checkpoint(source, target)
+    assert torch.load(target, weights_only=False)["current_epoch"] == 2
+
+
+def test_autosave_saves_the_record_while_the_benchmark_runs_and_stops_with_it(tmp_path):
+    result, record = tmp_path / "result", tmp_path / "record"
+    (result / "s" / "logs").mkdir(parents=True)
+    log = result / "s" / "logs" / "train.log"
+    log.write_text("epoch 0")
+    messages = []
+    with archive.Autosave(result, record, messages.append, every=0.05) as saving:
+        for _ in range(200):  # up to 10 s
+            if (record / "s" / "logs" / "train.log").is_file():
+                break
+            saving._stop.wait(0.05)
+        assert (record / "s" / "logs" / "train.log").read_text() == "epoch 0"
+    assert not saving._thread.is_alive()
+    log.write_text("epoch 1")
+    saving._stop.wait(0.2)
+    assert (record / "s" / "logs" / "train.log").read_text() == "epoch 0"  # stopped: no save after the block
+    assert messages and all(m.startswith("record: ") for m in messages)
+
+
+def test_archive_checkpoints_needs_an_archive(tmp_path, capsys):
+    from nnunet_unpaired.cli import main
+
+    assert main(["benchmark", "--output", str(tmp_path), "--archive-checkpoints"]) == 2
+    assert "give --archive too" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # stopped before anything was written

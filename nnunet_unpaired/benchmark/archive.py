@@ -14,10 +14,15 @@ before the benchmark resumes there. Then:
 - steps whose products are needed again (the phantom's images, the plan and preprocessing, the splits) rerun because
   their products are missing (:func:`nnunet_unpaired.benchmark.steps.run_step`'s ``products``), and must give the
   recorded result, else the benchmark stops;
-- a training that was under way when the machine went away starts over (its checkpoint was not part of the record).
+- a training that was under way when the machine went away starts over, unless the record keeps checkpoints
+  (``--archive-checkpoints``, ``checkpoints=True``): then the ``checkpoint_latest.pth`` of every unfinished training is
+  part of the record too, it is restored, and the training continues from it (``--c``) on the new machine. A model's
+  checkpoint leaves the record when its ``checkpoint_final.pth`` is written (its numbers are then in the record).
 
-The record holds no image and no model, so it can be committed: the real-pair benchmark keeps its record in the
-repository (``benchmarks/results/cpu-real-record``) and each session's machine continues it.
+The record holds no image and no finished model, so it can be committed: the real-pair benchmark keeps its record in
+the repository (``benchmarks/results/cpu-real-record``, with the checkpoints of its unfinished trainings: a 2D network
+capped at 32 features is a few MB) and each session's machine continues it. During a training the harness saves the
+record every few minutes (:class:`Autosave`), so a machine that goes away loses at most those minutes of it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import filecmp
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,6 +44,12 @@ REBUILT = frozenset({"predictions", "phantom_raw", "phantom_multichannel_raw", "
                      "nnUNet_preprocessed", "validation"})
 #: files never kept: models, images, arrays
 REBUILT_SUFFIXES = (".pth", ".nii.gz", ".nii", ".npz", ".npy", ".b2nd", ".pkl", ".mha", ".nrrd")
+#: the checkpoint of an unfinished training (nnU-Net writes it every epoch under the benchmark's presets)
+LATEST = "checkpoint_latest.pth"
+#: a finished training's model: its folder's checkpoint_latest is no longer needed
+FINAL = "checkpoint_final.pth"
+#: seconds between two saves of the record while a step runs (:class:`Autosave`)
+AUTOSAVE_SECONDS = 600.0
 #: where a finished model's training-loss curves (``checkpoint['logging']``) are kept, per seed folder
 LOGGING_FOLDER = "training_logging"
 
@@ -91,25 +103,99 @@ def extract_logging(result: Path) -> list[Path]:
     return written
 
 
-def save(result: Path, archive: Path, log: Callable[[str], None] = say) -> int:
-    """Copy the record of ``result`` into ``archive`` (new and changed files; nothing is deleted there). Returns the
-    number of files copied."""
-    extract_logging(result)
+def _model_folders(root: Path) -> list[Path]:
+    """The model folders (``.../nnUNet_results/<dataset>/<trainer__plans__conf>/fold_k``) of the run roots under
+    ``root`` (a setting's folder or a seed's folder in it), relative to ``root``."""
+    return sorted(f.relative_to(root) for pattern in ("*", "*/seed_*")
+                  for f in root.glob(f"{pattern}/nnunet/nnUNet_results/*/*/fold_*") if f.is_dir())
+
+
+def _copy_checkpoint(source: Path, target: Path) -> bool:
+    """Copy the checkpoint nnU-Net may be writing right now (not atomically): only a copy taken while the file did
+    not change and that loads is kept. Returns whether it was copied."""
+    import torch
+
+    before = source.stat()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.copyfile(source, tmp)
+    after = source.stat()
+    try:
+        if (before.st_mtime_ns, before.st_size) != (after.st_mtime_ns, after.st_size):
+            raise OSError("changed while copied")
+        torch.load(tmp, map_location="cpu", weights_only=False)
+    except Exception:  # torch raises several kinds for a truncated file; the next save tries again
+        tmp.unlink()
+        return False
+    os.replace(tmp, target)
+    return True
+
+
+def _save_checkpoints(result: Path, archive: Path) -> int:
+    """The ``checkpoint_latest.pth`` of every unfinished training of ``result`` into ``archive``; those of finished
+    trainings leave it. Returns the number of files copied."""
     copied = 0
-    for relative in _record_files(result):
-        source, target = result / relative, archive / relative
-        if target.is_file() and filecmp.cmp(source, target, shallow=False):
-            continue
-        _copy_atomic(source, target)
-        copied += 1
+    for folder in _model_folders(result):
+        source, target = result / folder / LATEST, archive / folder / LATEST
+        if (result / folder / FINAL).is_file():
+            target.unlink(missing_ok=True)
+        elif source.is_file() and not (target.is_file() and filecmp.cmp(source, target, shallow=False)):
+            copied += _copy_checkpoint(source, target)
+    return copied
+
+
+_SAVING = threading.Lock()
+
+
+def save(result: Path, archive: Path, log: Callable[[str], None] = say, checkpoints: bool = False) -> int:
+    """Copy the record of ``result`` into ``archive`` (new and changed files; nothing is deleted there, except, with
+    ``checkpoints``, the checkpoint of a training that has since finished). Returns the number of files copied."""
+    with _SAVING:
+        extract_logging(result)
+        copied = 0
+        for relative in _record_files(result):
+            source, target = result / relative, archive / relative
+            if target.is_file() and filecmp.cmp(source, target, shallow=False):
+                continue
+            _copy_atomic(source, target)
+            copied += 1
+        if checkpoints:
+            copied += _save_checkpoints(result, archive)
     if copied:
         log(f"record: {copied} file(s) saved to {archive}")
     return copied
 
 
+class Autosave:
+    """While the ``with`` block runs (a benchmark), :func:`save` every ``every`` seconds in a background thread, so
+    a long training's log, timing and checkpoint reach the record before the training ends."""
+
+    def __init__(self, result: Path, archive: Path, log: Callable[[str], None] = say, checkpoints: bool = False,
+                 every: float = AUTOSAVE_SECONDS):
+        self.args = (result, archive, log, checkpoints)
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="record-autosave", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                save(*self.args)
+            except Exception as error:  # a failed autosave must not stop the benchmark; the next one tries again
+                self.args[2](f"record: autosave failed ({type(error).__name__}: {error}); trying again later")
+
+    def __enter__(self) -> "Autosave":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def restore(archive: Path, result: Path, log: Callable[[str], None] = say) -> int:
-    """Copy the record in ``archive`` into ``result`` where ``result`` lacks a file (nothing there is overwritten).
-    Returns the number of files restored."""
+    """Copy the record in ``archive`` into ``result`` where ``result`` lacks a file (nothing there is overwritten;
+    a recorded checkpoint only into a model folder with neither checkpoint). Returns the number of files restored."""
     if not archive.is_dir():
         return 0
     restored = 0
@@ -117,6 +203,11 @@ def restore(archive: Path, result: Path, log: Callable[[str], None] = say) -> in
         target = result / relative
         if not target.exists():
             _copy_atomic(archive / relative, target)
+            restored += 1
+    for folder in _model_folders(archive):
+        source, target = archive / folder / LATEST, result / folder / LATEST
+        if source.is_file() and not target.exists() and not (result / folder / FINAL).exists():
+            _copy_atomic(source, target)
             restored += 1
     if restored:
         log(f"record: {restored} file(s) restored from {archive} into {result} (finished steps are skipped; the plan, "

@@ -138,6 +138,8 @@ class RunOptions:
     date: str | None = None  # YYYY-MM-DD of the result folder; None: today
     #: a folder for the result folder's record (benchmark.archive): saved after every method, restored before a run
     archive: Path | None = None
+    #: the record also keeps the checkpoint_latest.pth of unfinished trainings (they continue on another machine)
+    archive_checkpoints: bool = False
     env: tuple[tuple[str, str], ...] = ()  # nnU-Net variables for every command (worker counts), see Preset.env
     predict_processes: tuple[int, int] | None = None
     plan_processes: int = 2

@@ -43,8 +43,10 @@ the model folders of one trainer would otherwise collide.
 Resumability: every step writes its marker atomically after it succeeded and is skipped when the marker exists. A
 training interrupted before its marker continues from nnU-Net's latest checkpoint (``--c``). Reports are cheap and
 are always rewritten. ``restart=True`` deletes the result folder first. ``--archive DIR`` keeps the folder's small,
-irreplaceable part (markers, logs, timing, metrics, loss curves) in DIR after every method and restores it into a new
-result folder, so a benchmark can continue on another machine (:mod:`~nnunet_unpaired.benchmark.archive`).
+irreplaceable part (markers, logs, timing, metrics, loss curves) in DIR after every method and every few minutes
+while one trains, and restores it into a new result folder, so a benchmark can continue on another machine
+(:mod:`~nnunet_unpaired.benchmark.archive`); ``--archive-checkpoints`` adds the checkpoints of unfinished trainings,
+which then continue there instead of starting over.
 
 Kinds: a kind runner is a function ``(ctx, method, fold) -> list[ModelRef]`` that trains (through
 :func:`nnunet_unpaired.benchmark.training_runs.train_run`, which handles markers, budget and timing) and returns the
@@ -53,6 +55,7 @@ experiment (a kind with settings of its own) as one module plus one line in :dat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -217,7 +220,7 @@ def run_pair_setting(ctx: Context, methods: Sequence[Method], folds: Sequence[st
 def save_record(result: Path, options: RunOptions, log: Callable[[str], None]) -> None:
     """With ``--archive``: the result folder's record (:mod:`nnunet_unpaired.benchmark.archive`) saved there."""
     if options.archive is not None:
-        archive.save(result, Path(options.archive), log)
+        archive.save(result, Path(options.archive), log, checkpoints=options.archive_checkpoints)
 
 
 def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str], None] = say) -> Path:
@@ -255,8 +258,24 @@ def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str],
             archive.restore(Path(options.archive), result, log)
     prepare_result_folder(result, spec, options.restart, log)
     save_record(result, options, log)
-    a, b = prepare_data(spec, result, log)
+    with contextlib.ExitStack() as stack:
+        if options.archive is not None:
+            stack.enter_context(archive.Autosave(result, Path(options.archive), log, options.archive_checkpoints))
+        text = run_all(spec, options, result, settings, chosen, experiments, folds, device, log)
+    tmp = result / f".results.md.tmp{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, result / "results.md")
+    save_record(result, options, log)
+    log(f"benchmark finished in {(time.perf_counter() - start) / 60:.1f} min: {result / 'results.md'}")
+    return result
 
+
+def run_all(spec: BenchmarkSpec, options: RunOptions, result: Path, settings: list[tuple[str, int | None]],
+            chosen: Sequence[Method],
+            experiments: dict[str, list[Method]], folds: Sequence[str], device: str,
+            log: Callable[[str], None]) -> str:
+    """Every setting of the pair and every experiment; returns the text of ``results.md``."""
+    a, b = prepare_data(spec, result, log)
     summaries = []
     for setting, scarce in (settings if chosen else []):
         log(f"== setting {setting}")
@@ -267,10 +286,4 @@ def run_benchmark(spec: BenchmarkSpec, options: RunOptions, log: Callable[[str],
         runner = experiment_runner(kind)
         summaries += runner(ExperimentInput(spec, options, result, a, b, kind_methods, device, log))
         save_record(result, options, log)
-    text = summary_markdown(spec, options, result, device, a, b, summaries)
-    tmp = result / f".results.md.tmp{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, result / "results.md")
-    save_record(result, options, log)
-    log(f"benchmark finished in {(time.perf_counter() - start) / 60:.1f} min: {result / 'results.md'}")
-    return result
+    return summary_markdown(spec, options, result, device, a, b, summaries)
