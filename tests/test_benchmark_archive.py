@@ -242,3 +242,46 @@ def test_archive_checkpoints_needs_an_archive(tmp_path, capsys):
     assert main(["benchmark", "--output", str(tmp_path), "--archive-checkpoints"]) == 2
     assert "give --archive too" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # stopped before anything was written
+
+
+def test_a_training_cut_off_with_its_machine_continues_from_the_recorded_checkpoint(tmp_path, monkeypatch):
+    """Machine 1 trains for a while (a checkpoint and a timing file, no marker); machine 2 starts from the record only:
+    the training continues (``--c``) into a second timing file instead of starting over. Without checkpoints in the
+    record (the default) machine 3 starts it over."""
+    from nnunet_unpaired.training import interface
+
+    first = _context(tmp_path / "machine1")
+    method = Method(name="vanilla", trainer="nnUNetTrainer", kind="single", description="")
+    run = "vanilla__Dataset1_A__fold_0"
+    _checkpoint(first.model_folder(first.a, "nnUNetTrainer", "0") / archive.LATEST, 12)
+    write_json_atomic(first.run_root / "timing" / f"{run}.json", {"iterations": [1.0]})
+    archive.save(first.result, tmp_path / "record", log=lambda _: None, checkpoints=True)
+    archive.save(first.result, tmp_path / "record_without", log=lambda _: None)
+
+    calls = []
+
+    def train_on(ctx: Context) -> None:
+        def fake_train(cmd, env, log_file, log):
+            folder = ctx.model_folder(ctx.a, "nnUNetTrainer", "0")
+            latest = folder / archive.LATEST
+            # what nnU-Net's --c would load
+            calls.append((cmd, Path(env[interface.ENV_TIMING]).name,
+                          torch.load(latest, weights_only=False)["current_epoch"] if latest.is_file() else None))
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / archive.FINAL).write_text("model")
+
+        monkeypatch.setattr(training_runs.steps, "run_command", fake_train)
+        training_runs.train_run(ctx, method, run, ctx.a, "0")
+
+    second = _context(tmp_path / "machine2")
+    archive.restore(tmp_path / "record", second.result, log=lambda _: None)
+    train_on(second)
+    cmd, timing, epoch = calls[-1]
+    assert cmd[-1] == "--c" and epoch == 12 and timing == f"{run}.resume1.json"
+    assert (second.run_root / "timing" / f"{run}.json").is_file()  # the first piece's iteration times are kept
+
+    third = _context(tmp_path / "machine3")
+    archive.restore(tmp_path / "record_without", third.result, log=lambda _: None)
+    train_on(third)
+    cmd, timing, epoch = calls[-1]
+    assert "--c" not in cmd and epoch is None and timing == f"{run}.json"

@@ -272,7 +272,8 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
                          scarce_b=(2,), full_label=False, device="cpu", date="2026-01-01",
                          env=(("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1"),
                               ("nnUNet_unpaired_skip_final_validation", "1")),
-                         predict_processes=(0, 0), plan_processes=1, archive=tmp_path / "record")
+                         predict_processes=(0, 0), plan_processes=1, archive=tmp_path / "record",
+                         archive_checkpoints=True)
     lines: list[str] = []
     result = harness.run_benchmark(spec, options, log=lines.append)
     assert result.name == "Dataset901_PhantomCT__Dataset902_PhantomMR__2d__2026-01-01"
@@ -329,7 +330,8 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     assert len([line for line in lines if line.startswith("[skip]")]) == len(steps) + 1  # + the phantom
     assert (setting / "report" / "results.csv").read_text() == csv_text
 
-    # the record: no image, no model, no prediction; the loss curves of the 4 model folders (joint writes A and B)
+    # the record: no image, no model, no prediction (and, with archive_checkpoints, no checkpoint left: every training
+    # finished, so their checkpoint_latest left the record); the loss curves of the 4 model folders (joint writes A, B)
     record = sorted(str(p.relative_to(tmp_path / "record")) for p in (tmp_path / "record").rglob("*") if p.is_file())
     assert not [f for f in record if f.endswith((".nii.gz", ".pth", ".npz", ".b2nd"))], record
     assert len([f for f in record if f.startswith("scarce-b2/seed_0/training_logging/")]) == 4
