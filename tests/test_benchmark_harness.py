@@ -386,3 +386,74 @@ def test_update_docs_replaces_only_the_marked_section(tmp_path):
     docs.write_text(text)  # no uda markers: refused with the lines to add
     with pytest.raises(SystemExit, match="cpu-small uda results: start"):
         update_docs.main([str(result), "--docs", str(docs), "--section", "uda"])
+
+
+def test_every_docs_section_has_its_markers_and_its_script():
+    """Each results section update_docs.py can write has its two markers in docs/benchmarks.md (once each) and names a
+    script that exists, which passes that section to update_docs.py."""
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("update_docs", repo / "benchmarks" / "update_docs.py")
+    update_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(update_docs)
+    docs = (repo / "docs" / "benchmarks.md").read_text()
+    for name, (_, command) in update_docs.SECTIONS.items():
+        start, end = update_docs.markers(name)
+        assert docs.count(start) == 1 and docs.count(end) == 1 and docs.index(start) < docs.index(end), name
+        script = repo / command.split()[-1]
+        assert script.is_file(), command
+        text = script.read_text()
+        assert "update_docs.py" in text, command
+        if script.name == "run_real.sh":  # the launcher of several experiments maps each to its section
+            experiment = command.split()[0].split("=")[1] if "EXPERIMENT=" in command else "unpaired"
+            assert "--section \"$SECTION\"" in text
+            assert f"SECTION={name} " in text.split(f"    {experiment})", 1)[1].split(";;", 1)[0], name
+        elif name:
+            assert f"--section {name} " in text, name
+        else:
+            assert "--section" not in text, name
+
+
+@pytest.mark.parametrize("experiment, expected", [
+    ("", ["--methods vanilla joint ummkd eam --scarce-b 2 --no-full-label --seeds 0 1 2", "--output {out} ",
+          "--archive {repo}/benchmarks/results/cpu-real-record --archive-checkpoints", "--section real ",
+          "--copy-to {repo}/benchmarks/results/cpu-real "]),
+    ("semi", ["--methods cmc cmc-labelled-only --semi-labelled 10 20 --seeds 0 1 2", "--output {out}/semi ",
+              "--archive {repo}/benchmarks/results/cpu-real-semi-record", "--section real-semi ",
+              "{out}/semi/Dataset951_AbdomenCT__Dataset952_AbdomenMR__2d__2026-01-02 ",
+              "--copy-to {repo}/benchmarks/results/cpu-real-semi "]),
+    ("uda", ["--methods source-only glua-global glua-local glua --uda-directions a2b b2a --seeds 0 1 2",
+             "--output {out}/uda ", "--archive {repo}/benchmarks/results/cpu-real-uda-record", "--section real-uda ",
+             "--copy-to {repo}/benchmarks/results/cpu-real-uda "]),
+])
+def test_run_real_composes_each_experiments_benchmark(tmp_path, experiment, expected):
+    """benchmarks/run_real.sh: EXPERIMENT picks the benchmark's methods, options, result folder, record and docs
+    section (a stand-in PYTHON prints the commands instead of running them); the data is linked, an unknown
+    experiment is refused."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    realdata, out = tmp_path / "abdomen", tmp_path / "out"
+    for name in ("Dataset951_AbdomenCT", "Dataset952_AbdomenMR"):
+        (realdata / name).mkdir(parents=True)
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\necho "PY $* "\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "REALDATA": str(realdata), "NNUNET_UNPAIRED_BENCHMARK_OUTPUT": str(out),
+           "BENCHMARK_DATE": "2026-01-02", "EXPERIMENT": experiment}
+    run = subprocess.run(["bash", str(repo / "benchmarks" / "run_real.sh"), "--epochs", "1"], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    benchmark, docs = run.stdout.splitlines()
+    assert benchmark.startswith("PY -m nnunet_unpaired.cli benchmark --preset cpu-real -c 2d --pair 951 952 ")
+    assert benchmark.endswith(" --epochs 1 ") and "--date 2026-01-02 " in benchmark
+    assert docs.startswith(f"PY {repo}/benchmarks/update_docs.py ")
+    for part in expected:
+        part = part.format(out=out, repo=repo)
+        assert part in benchmark or part in docs, part
+    assert (out / "realdata_raw" / "Dataset951_AbdomenCT").resolve() == realdata / "Dataset951_AbdomenCT"
+    env["EXPERIMENT"] = "multichannel"
+    refused = subprocess.run(["bash", str(repo / "benchmarks" / "run_real.sh")], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "EXPERIMENT must be unpaired, semi or uda" in refused.stderr
