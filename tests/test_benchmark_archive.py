@@ -166,6 +166,41 @@ def test_a_recorded_training_runs_again_only_while_a_later_step_still_needs_its_
     assert "redone" in marker
 
 
+def test_a_recorded_joint_run_waits_for_the_mechanism_probe_only_where_one_is_measured(tmp_path, monkeypatch):
+    """Restored joint run, both modalities predicted, no probe recorded: a pair setting trains it again (its probe
+    still needs the model), the semi experiment (which measures no probe) does not; once the probe is recorded,
+    neither does. (A semi run restored on a new machine retrained its finished joint baseline before this.)"""
+    from nnunet_unpaired.benchmark import semi
+
+    ctx = _context(tmp_path)
+    joint = Method(name="joint", trainer="nnUNetTrainerUnpairedJoint", kind="unpaired", description="")
+    commands = []
+
+    def fake_train(cmd, env, log_file, log):
+        commands.append(cmd[1])
+        for dataset in (ctx.a, ctx.b):
+            folder = ctx.model_folder(dataset, joint.trainer, "0")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "checkpoint_final.pth").write_text("model")
+
+    monkeypatch.setattr(training_runs.steps, "run_command", fake_train)
+
+    def restored() -> None:
+        for folder in (ctx.model_folder(d, joint.trainer, "0") for d in (ctx.a, ctx.b)):
+            (folder / "checkpoint_final.pth").unlink(missing_ok=True)
+
+    write_json_atomic(ctx.run_root / "steps" / "train__joint__fold_0.json", {"seconds": 1})
+    for dataset in (ctx.a, ctx.b):
+        write_json_atomic(ctx.run_root / "steps" / f"predict__joint__{dataset.name}__fold_0.json", {"cases": 2})
+    assert len(semi.train_any(ctx, joint, "0")) == 2 and commands == []
+    training_runs.train_method(ctx, joint, "0")
+    assert commands == ["Dataset1_A"]  # the pair setting: trained again for its probe
+    restored()
+    write_json_atomic(ctx.run_root / "steps" / "mechanism__joint__fold_0.json", {"agreement": 0.9})
+    training_runs.train_method(ctx, joint, "0")
+    assert commands == ["Dataset1_A"]
+
+
 def _checkpoint(path: Path, epoch: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"current_epoch": epoch, "network_weights": {"w": torch.full((3,), float(epoch))}}, path)

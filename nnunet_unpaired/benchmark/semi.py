@@ -52,7 +52,7 @@ from nnunet_unpaired.benchmark.prediction import predict, predicted
 from nnunet_unpaired.benchmark.registry import Method
 from nnunet_unpaired.benchmark.steps import marker_path, run_step, write_json_atomic
 from nnunet_unpaired.benchmark.summary import setting_summary
-from nnunet_unpaired.benchmark.training_runs import require_checkpoints, train_method, train_run
+from nnunet_unpaired.benchmark.training_runs import require_checkpoints, train_method, train_run, train_unpaired
 from nnunet_unpaired.errors import UserError
 
 BASELINE = report.BASELINE
@@ -220,7 +220,11 @@ def train_semi(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
 def train_any(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
     if method.kind == "semi":
         return train_semi(ctx, method, fold)
-    return train_method(ctx, method, fold)  # vanilla (single), joint (unpaired)
+    if method.kind == "unpaired":  # joint: no mechanism probe in this experiment (the pair settings measure it)
+        models = train_unpaired(ctx, method, fold, mechanism=False)
+        require_checkpoints(ctx, method, models, fold)
+        return models
+    return train_method(ctx, method, fold)  # vanilla (single)
 
 
 # ------------------------------------------------------------------------------------------------------ headline

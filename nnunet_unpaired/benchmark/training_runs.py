@@ -74,14 +74,18 @@ def train_single(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
     return models
 
 
-def train_unpaired(ctx: Context, method: Method, fold: str) -> list[ModelRef]:
+def train_unpaired(ctx: Context, method: Method, fold: str, mechanism: bool = True) -> list[ModelRef]:
     """Kind ``unpaired``: one run on A with partner B (from plan-pair); it writes model folders for A and B.
 
     The training loss curve of each modality is the trainer's per-modality segmentation term (``train_seg_A`` /
     ``train_seg_B``, logged by the joint trainer and its subclasses); no per-modality validation loss exists.
+    ``mechanism``: the caller measures the shared network's mechanism probe afterwards (the pair settings do, unless
+    ``--no-mechanism``), so a restored run whose probe is not recorded yet still needs its model; an experiment
+    without the probe (semi) passes False.
     """
     run = f"{method.name}__fold_{fold}"
-    measured = not ctx.options.mechanism or steps.marker_path(ctx.run_root, mechanism_step(method.name, fold)).is_file()
+    measured = (not (mechanism and ctx.options.mechanism)
+                or steps.marker_path(ctx.run_root, mechanism_step(method.name, fold)).is_file())
     done = measured and all(predicted(ctx, method, d, fold) for d in (ctx.a, ctx.b))
     train_run(ctx, method, run, ctx.a, fold, model_needed=not done)
     return [ModelRef(ctx.a, method.trainer, run, "train_seg_A", None),
